@@ -1,0 +1,307 @@
+"""Initial noise optimisation (`initno-method.md` §5–§6): rounds of Adam on a shift and scale of the
+noise, kept inside a KL ball around N(0, I), with restarts and a fallback run.
+
+The official control flow is followed step for step, with three deliberate fixes (each marked "Fix:"
+where it lives): a successful round always wins over a failed one; the latent returned is the one
+that was scored; every loop has a bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .attention import AttentionCapture, ContextTransform
+from .params import InitNOParams
+from .scores import Evaluation, Scores, evaluate_attention, kl_divergence, kl_gradients
+
+ProgressCallback = Callable[[int, int, int, Scores], None]
+"""(image index, round index, step index, scores) after each UNet pass; the fallback run is round
+`max_rounds`."""
+
+
+@dataclass
+class Denoiser:
+    """How to run the UNet once at the first timestep, conditional branch only.
+
+    `apply(latent, timesteps, cond)` is the host's model call (A1111: `sd_model.apply_model`); `unet` is
+    the module inside it whose attention is captured and whose parameters are frozen meanwhile.
+    """
+
+    unet: nn.Module
+    apply: Callable[[torch.Tensor, torch.Tensor, Any], Any]
+    timestep: float
+    context_transform: ContextTransform | None = None
+    downsample: int = 4
+
+
+@dataclass
+class ImageRequest:
+    """One image: its initial noise (C, H, W), its seed, its conditioning (batch of 1) and its subjects
+    as lists of context positions (`chunk * 77 + j`)."""
+
+    noise: torch.Tensor
+    seed: int
+    cond: Any
+    subjects: Sequence[Sequence[int]]
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    round: int
+    step: int
+    fallback: bool
+    scores: Scores
+
+
+@dataclass(frozen=True)
+class AttentionSnapshot:
+    """The maps the scores were read from, detached on the CPU: per subject the smoothed cross-attention
+    map and the smoothed self-attention row at its peak (N, h, w), and the peaks (flat indices)."""
+
+    cross: torch.Tensor
+    self_attention: torch.Tensor
+    peaks: torch.Tensor
+
+    @classmethod
+    def of(cls, evaluation: Evaluation) -> AttentionSnapshot:
+        return cls(evaluation.cross_maps.cpu(), evaluation.self_maps.cpu(), evaluation.peaks.cpu())
+
+
+@dataclass
+class ImageResult:
+    """The optimised latent of one image and what explains it."""
+
+    latent: torch.Tensor
+    valid: bool
+    rounds: int
+    steps: int
+    fallback: bool
+    cancelled: bool
+    initial: Scores | None
+    final: Scores | None
+    maps_before: AttentionSnapshot | None
+    maps_after: AttentionSnapshot | None
+    trace: list[StepRecord] = field(default_factory=list)
+    kl: float = 0.0
+    """Mean KL of the returned noise's distribution N(mu, exp(log_var)) to N(0, I)."""
+
+
+@dataclass
+class _Candidate:
+    """The outcome of one run (`fn_initno`): the noise it started from and the last scored latent."""
+
+    round: int
+    start_noise: torch.Tensor
+    latent: torch.Tensor
+    scores: Scores
+    snapshot: AttentionSnapshot
+    valid: bool
+    kl: float
+
+
+@contextlib.contextmanager
+def frozen_parameters(module: nn.Module) -> Iterator[None]:
+    """Turns off `requires_grad` on every parameter meanwhile, so the backward pass never computes (or
+    keeps activations for) weight gradients; restores each flag afterwards."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def shrink_into_kl_ball(log_var: torch.Tensor, mu: torch.Tensor, bound: float, iterations: int = 40) -> None:
+    """Scales (log_var, mu) towards 0 in place until their KL is within `bound` (it grows with the scale)."""
+    with torch.no_grad():
+        if kl_divergence(log_var, mu) <= bound:
+            return
+        low, high = 0.0, 1.0
+        for _ in range(iterations):
+            middle = (low + high) / 2
+            if kl_divergence(log_var * middle, mu * middle) <= bound:
+                low = middle
+            else:
+                high = middle
+        log_var.mul_(low)
+        mu.mul_(low)
+
+
+class _ImageOptimiser:
+    """Optimises one image; the state it needs (capture, progress, cancel) is bound once."""
+
+    def __init__(self, denoiser, capture, request, params, index, progress, cancel):
+        self.denoiser = denoiser
+        self.capture = capture
+        self.request = request
+        self.params = params
+        self.index = index
+        self.progress = progress
+        self.cancel = cancel
+        self.trace: list[StepRecord] = []
+        self.first: AttentionSnapshot | None = None
+        self.best: _Candidate | None = None
+        self.cancelled = False
+
+    def evaluate(self, latent: torch.Tensor) -> Evaluation:
+        timesteps = torch.full((latent.shape[0],), float(self.denoiser.timestep), device=latent.device)
+        self.capture.run(self.denoiser.apply, latent, timesteps, self.request.cond)
+        evaluation = evaluate_attention(
+            self.capture.cross_attention()[0],
+            lambda peaks: self.capture.self_attention_rows(peaks)[0],
+            self.request.subjects,
+        )
+        self.capture.clear()
+        return evaluation
+
+    def run(self, start_noise: torch.Tensor, max_steps: int, round_index: int, fallback: bool) -> _Candidate | None:
+        """One official `fn_initno` run. None if cancelled before its first pass."""
+        p = self.params
+        log_var = torch.zeros_like(start_noise, requires_grad=True)
+        mu = torch.zeros_like(start_noise, requires_grad=True)
+        optimizer = torch.optim.Adam([log_var, mu], lr=p.learning_rate, eps=p.adam_eps)
+        candidate = None
+        for step in range(max_steps):
+            if self.cancel():
+                self.cancelled = True
+                break
+            last_step = step == max_steps - 1
+            # Fix: the last pass of a run is never followed by an update, so the latent returned is
+            # the one that was scored (the official code returns one more, unscored, Adam step). That
+            # pass needs no backward, hence no graph.
+            with torch.set_grad_enabled(not last_step):
+                latent = start_noise * torch.exp(0.5 * log_var) + mu
+                evaluation = self.evaluate(latent[None])
+            scores = evaluation.scores
+            valid = scores.is_valid(p.cross_threshold, p.conflict_threshold)
+            kl = float(kl_divergence(log_var.detach(), mu.detach()))
+            snapshot = AttentionSnapshot.of(evaluation)
+            candidate = _Candidate(round_index, start_noise, latent.detach(), scores, snapshot, valid, kl)
+            self._record(candidate, step, fallback)
+            if valid or last_step:
+                break
+            # Tested before the update, as in the official code: a valid noise is returned unchanged.
+            grads = torch.autograd.grad(evaluation.joint, [log_var, mu])
+            del evaluation
+            self._adam_step(optimizer, [log_var, mu], grads)
+            self._project(optimizer, log_var, mu)
+        return candidate
+
+    def _record(self, candidate: _Candidate, step: int, fallback: bool) -> None:
+        if self.first is None:
+            self.first = candidate.snapshot
+        if self.best is None or candidate.scores.rank < self.best.scores.rank:
+            self.best = candidate
+        self.trace.append(StepRecord(candidate.round, step, fallback, candidate.scores))
+        self.progress(self.index, candidate.round, step, candidate.scores)
+
+    @staticmethod
+    def _adam_step(optimizer, tensors, grads) -> None:
+        for tensor, grad in zip(tensors, grads):
+            tensor.grad = grad
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def _project(self, optimizer, log_var, mu) -> None:
+        """Adam steps on the KL alone, sharing the optimiser's moments, until KL <= bound (§5)."""
+        bound = self.params.kl_bound
+        # Fix: bounded (the official `while` loop can spin without end); a scale-back guarantees the
+        # bound if the steps run out.
+        for _ in range(self.params.kl_max_steps):
+            with torch.no_grad():
+                if kl_divergence(log_var, mu) <= bound:
+                    return
+            self._adam_step(optimizer, [log_var, mu], kl_gradients(log_var, mu))
+        shrink_into_kl_ball(log_var, mu, bound)
+
+    def optimise(self) -> ImageResult:
+        p = self.params
+        noise = self.request.noise.detach().float()
+        restarts = _RestartNoise(self.request.seed, noise)
+        rounds: list[_Candidate] = []
+        for round_index in range(p.max_rounds):
+            start = noise if round_index == 0 else restarts.draw()
+            candidate = self.run(start, p.steps_per_round, round_index, fallback=False)
+            if candidate is not None:
+                rounds.append(candidate)
+            if self.cancelled or (candidate is not None and candidate.valid):
+                break
+        chosen = next((c for c in rounds if c.valid), None)
+        fallback = False
+        if chosen is None and rounds and not self.cancelled:
+            # Fix: only reached when no round succeeded; the official sort could rank a failed round
+            # above the successful one and throw the success away (§6.2).
+            best_round = min(rounds, key=lambda c: (c.scores.rank, c.round))
+            if p.fallback_steps > 0:
+                fallback = True
+                chosen = self.run(best_round.start_noise, p.fallback_steps, p.max_rounds, fallback=True)
+            chosen = chosen or best_round
+        if self.cancelled:
+            chosen = self.best
+        if chosen is None:
+            return ImageResult(noise, False, 0, 0, False, self.cancelled, None, None, None, None, self.trace)
+        return ImageResult(
+            latent=chosen.latent,
+            valid=chosen.valid,
+            rounds=len(rounds),
+            steps=len(self.trace),
+            fallback=fallback,
+            cancelled=self.cancelled,
+            initial=self.trace[0].scores,
+            final=chosen.scores,
+            maps_before=self.first,
+            maps_after=chosen.snapshot,
+            trace=self.trace,
+            kl=chosen.kl,
+        )
+
+
+class _RestartNoise:
+    """Fresh noise for rounds after the first: sequential draws of a CPU generator seeded with the
+    image's seed, after the draw that A1111's CPU RNG used for the image itself (as the official code
+    draws restarts from the user's seeded generator). Independent of batch neighbours and of `p.rng`."""
+
+    def __init__(self, seed: int, like: torch.Tensor):
+        self.like = like
+        self.generator = torch.Generator(device="cpu").manual_seed(int(seed))
+        self.draw()
+
+    def draw(self) -> torch.Tensor:
+        noise = torch.randn(self.like.shape, generator=self.generator, dtype=torch.float32)
+        return noise.to(device=self.like.device)
+
+
+def optimize_noise(
+    denoiser: Denoiser,
+    requests: Sequence[ImageRequest],
+    params: InitNOParams | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> list[ImageResult]:
+    """Optimises the initial noise of each image (one at a time, batch 1, so an image's result never
+    depends on its neighbours) and returns one `ImageResult` per request.
+
+    `cancel()` is checked before every UNet pass; once it returns True the remaining work stops and
+    each unfinished image gets the best latent found so far (its own noise if none was scored).
+    """
+    params = params or InitNOParams()
+    progress = progress or (lambda *_: None)
+    cancel = cancel or (lambda: False)
+    capture = AttentionCapture(
+        denoiser.unet, downsample=denoiser.downsample, context_transform=denoiser.context_transform
+    )
+    results = []
+    with frozen_parameters(denoiser.unet), capture, torch.enable_grad():
+        for index, request in enumerate(requests):
+            optimiser = _ImageOptimiser(denoiser, capture, request, params, index, progress, cancel)
+            results.append(optimiser.optimise())
+    return results

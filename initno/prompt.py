@@ -1,0 +1,265 @@
+"""How A1111 v1.10.1 turns a prompt into 77-token chunks, for use without a WebUI (the CLI, the demo).
+
+Mirrors, in this package's own code:
+- `modules/extra_networks.py`: `parse_prompt` (the `<lora:...>` tags are removed);
+- `modules/prompt_parser.py`: `parse_prompt_attention` (emphasis, escapes, BREAK), the AND split of
+  `get_multicond_prompt_list`, and the prompt in effect at the first sampling step of
+  `get_learned_conditioning_prompt_schedules` (prompt editing `[a:b:N]`, alternation `[a|b]`);
+- `modules/sd_hijack_clip.py`: `TextConditionalModel.tokenize_line` (75-token chunks, BREAK, the comma
+  back-tracking rule, start/end/padding tokens).
+
+Checked against the real host's output in tests/data. In the WebUI the host's own functions run instead.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+CHUNK_TOKENS = 75
+BREAK = ("BREAK", -1.0)
+
+_ATTENTION = re.compile(
+    r"""
+\\\(|\\\)|\\\[|\\]|\\\\|\\|
+\(|\[|
+:\s*([+-]?[.\d]+)\s*\)|
+\)|]|
+[^\\()\[\]:]+|
+:
+""",
+    re.X,
+)
+_EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
+_BREAK_SPLIT = re.compile(r"\s*\bBREAK\b\s*", re.S)
+_AND = re.compile(r"\bAND\b")
+_SUBPROMPT_WEIGHT = re.compile(r"^((?:\s|.)*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*$")
+_NUMBER = re.compile(r"\s*[+-]?(?:\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)\s*")
+
+
+def parse_emphasis(text: str) -> list[tuple[str, float]]:
+    """(text, weight) fragments as `parse_prompt_attention` returns them; BREAK is ("BREAK", -1)."""
+    fragments: list[list] = []
+    round_open: list[int] = []
+    square_open: list[int] = []
+
+    def scale_from(start: int, factor: float) -> None:
+        for fragment in fragments[start:]:
+            fragment[1] *= factor
+
+    for match in _ATTENTION.finditer(text):
+        piece, weight = match.group(0), match.group(1)
+        if piece.startswith("\\"):
+            fragments.append([piece[1:], 1.0])
+        elif piece == "(":
+            round_open.append(len(fragments))
+        elif piece == "[":
+            square_open.append(len(fragments))
+        elif weight is not None and round_open:
+            scale_from(round_open.pop(), float(weight))
+        elif piece == ")" and round_open:
+            scale_from(round_open.pop(), 1.1)
+        elif piece == "]" and square_open:
+            scale_from(square_open.pop(), 1 / 1.1)
+        else:
+            for index, part in enumerate(_BREAK_SPLIT.split(piece)):
+                if index:
+                    fragments.append(list(BREAK))
+                fragments.append([part, 1.0])
+    for start in round_open:
+        scale_from(start, 1.1)
+    for start in square_open:
+        scale_from(start, 1 / 1.1)
+    if not fragments:
+        fragments = [["", 1.0]]
+    merged = [fragments[0]]
+    for fragment in fragments[1:]:
+        if fragment[1] == merged[-1][1]:
+            merged[-1][0] += fragment[0]
+        else:
+            merged.append(fragment)
+    return [(text, weight) for text, weight in merged]
+
+
+def strip_extra_networks(prompt: str) -> str:
+    """The prompt without `<lora:...>`-style tags (`extra_networks.parse_prompt`)."""
+    return _EXTRA_NETWORK.sub("", prompt)
+
+
+def split_and(prompt: str) -> list[tuple[str, float]]:
+    """The AND-composed sub-prompts with their weights (`get_multicond_prompt_list`)."""
+    parts = []
+    for subprompt in _AND.split(prompt):
+        match = _SUBPROMPT_WEIGHT.search(subprompt)
+        text, weight = match.groups() if match else (subprompt, None)
+        parts.append((text, float(weight) if weight is not None else 1.0))
+    return parts
+
+
+def _closing_bracket(text: str, start: int) -> int | None:
+    """Index of the bracket closing the one at `start`, honouring escapes and nesting; None if open."""
+    depth, index = 0, start
+    while index < len(text):
+        char = text[index]
+        if char == "\\":
+            index += 2
+            continue
+        if char in "([":
+            depth += 1
+        elif char in ")]":
+            depth -= 1
+            if depth == 0:
+                return index if char == {"(": ")", "[": "]"}[text[start]] else None
+        index += 1
+    return None
+
+
+def _split_top_level(text: str, separators: str) -> list[tuple[str, str]]:
+    """Splits on separators outside brackets: [(part, separator that ended it or '')]."""
+    parts, depth, current, index = [], 0, [], 0
+    while index < len(text):
+        char = text[index]
+        if char == "\\":
+            current.append(text[index : index + 2])
+            index += 2
+            continue
+        if char in "([":
+            depth += 1
+        elif char in ")]":
+            depth -= 1
+        if depth == 0 and char in separators:
+            parts.append(("".join(current), char))
+            current = []
+        else:
+            current.append(char)
+        index += 1
+    parts.append(("".join(current), ""))
+    return parts
+
+
+def first_step_prompt(prompt: str, steps: int = 20) -> str:
+    """The prompt in effect at the first sampling step.
+
+    Prompt editing `[before:after:when]` (and `[after:when]`, `[before::when]`) gives `before` unless
+    `when` resolves below step 1 (`0`, or a fraction times `steps` below 1); alternation `[a|b|...]`
+    gives its first option. Everything else, emphasis included, is kept as written.
+    """
+    out, index = [], 0
+    while index < len(prompt):
+        char = prompt[index]
+        if char == "\\":
+            out.append(prompt[index : index + 2])
+            index += 2
+            continue
+        if char in "([":
+            end = _closing_bracket(prompt, index)
+            if end is not None:
+                inner = prompt[index + 1 : end]
+                out.append(_resolve_bracket(char, inner, steps))
+                index = end + 1
+                continue
+        out.append(char)
+        index += 1
+    return "".join(out)
+
+
+def _resolve_bracket(bracket: str, inner: str, steps: int) -> str:
+    if bracket == "[":
+        options = _split_top_level(inner, "|")
+        if len(options) > 1:
+            return first_step_prompt(options[0][0], steps)
+        parts = [part for part, _ in _split_top_level(inner, ":")]
+        if len(parts) in (2, 3) and _NUMBER.fullmatch(parts[-1]):
+            number = parts[-1].strip()
+            when = float(number) * steps if "." in number else float(number)
+            before, after = (parts[0], parts[1]) if len(parts) == 3 else ("", parts[0])
+            return first_step_prompt(before if min(steps, int(when)) >= 1 else after, steps)
+    closing = ")" if bracket == "(" else "]"
+    return bracket + first_step_prompt(inner, steps) + closing
+
+
+@dataclass
+class Chunk:
+    """One 77-token chunk: start, 75 tokens, end; with the weights and the textual-inversion slots."""
+
+    tokens: list[int] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+    embeddings: list[tuple[int, str, int]] = field(default_factory=list)
+    """(offset in the chunk, embedding name, slots)"""
+
+
+EmbeddingLookup = Callable[[list[int], int], tuple[str, int, int] | None]
+"""(fragment token ids, position) -> (name, vectors, ids consumed) of an embedding starting there."""
+
+
+def chunk_prompt(
+    fragments: Sequence[tuple[str, float]],
+    encode: Callable[[str], list[int]],
+    *,
+    start_id: int,
+    end_id: int,
+    comma_id: int,
+    comma_backtrack: int = 20,
+    find_embedding: EmbeddingLookup | None = None,
+) -> tuple[list[Chunk], int]:
+    """The chunks of `tokenize_line`, and its token count.
+
+    Each fragment is tokenised on its own. A chunk holds 75 tokens; BREAK starts a new one; when a
+    chunk fills up and a comma lies within `comma_backtrack` tokens of its end, the tokens after that
+    comma move to the next chunk. Chunks get start/end tokens and are padded with `end_id`.
+    """
+    chunks: list[Chunk] = []
+    chunk = Chunk()
+    token_count = 0
+    last_comma = -1
+
+    def close(is_last: bool = False) -> None:
+        nonlocal chunk, token_count, last_comma
+        token_count += len(chunk.tokens) if is_last else CHUNK_TOKENS
+        padding = CHUNK_TOKENS - len(chunk.tokens)
+        chunk.tokens = [start_id, *chunk.tokens, *[end_id] * max(padding, 0), end_id]
+        chunk.weights = [1.0, *chunk.weights, *[1.0] * max(padding, 0), 1.0]
+        chunk.embeddings = [(offset + 1, name, slots) for offset, name, slots in chunk.embeddings]
+        chunks.append(chunk)
+        chunk, last_comma = Chunk(), -1
+
+    for text, weight in fragments:
+        if (text, weight) == BREAK:
+            close()
+            continue
+        ids = encode(text)
+        position = 0
+        while position < len(ids):
+            token = ids[position]
+            if token == comma_id:
+                last_comma = len(chunk.tokens)
+            elif (
+                comma_backtrack
+                and len(chunk.tokens) == CHUNK_TOKENS
+                and last_comma != -1
+                and len(chunk.tokens) - last_comma <= comma_backtrack
+            ):
+                cut = last_comma + 1
+                moved_tokens, moved_weights = chunk.tokens[cut:], chunk.weights[cut:]
+                chunk.tokens, chunk.weights = chunk.tokens[:cut], chunk.weights[:cut]
+                close()
+                chunk.tokens, chunk.weights = moved_tokens, moved_weights
+            if len(chunk.tokens) == CHUNK_TOKENS:
+                close()
+            embedding = find_embedding(ids, position) if find_embedding else None
+            if embedding is None:
+                chunk.tokens.append(token)
+                chunk.weights.append(weight)
+                position += 1
+                continue
+            name, slots, consumed = embedding
+            if len(chunk.tokens) + slots > CHUNK_TOKENS:
+                close()
+            chunk.embeddings.append((len(chunk.tokens), name, slots))
+            chunk.tokens += [0] * slots
+            chunk.weights += [weight] * slots
+            position += consumed
+    if chunk.tokens or not chunks:
+        close(is_last=True)
+    return chunks, token_count

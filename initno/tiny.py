@@ -1,0 +1,102 @@
+"""The embedded default model: the real ldm `UNetModel` (the class A1111 loads for SD1/SD2) in a tiny
+configuration with random weights, plus a toy text encoder. Used by `python -m initno demo`, by
+`python -m initno.bench --tiny` and by the tests. Nothing is downloaded.
+
+Random weights need two adjustments to be a useful stand-in for a trained model:
+- ldm zero-initialises every transformer's `proj_out` and the final `out` conv, which would make the
+  attention invisible to the rest of the network; they get random weights here.
+- With default init the attention is almost uniform (the official code scores such a model at a
+  cross-attention loss of ~0.985 that barely moves), so the q/k projections are scaled by `sharpness`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+SD1_UNET = {
+    "image_size": 32,
+    "in_channels": 4,
+    "out_channels": 4,
+    "model_channels": 320,
+    "attention_resolutions": [4, 2, 1],
+    "num_res_blocks": 2,
+    "channel_mult": [1, 2, 4, 4],
+    "num_heads": 8,
+    "use_spatial_transformer": True,
+    "transformer_depth": 1,
+    "context_dim": 768,
+    "use_checkpoint": False,
+    "legacy": False,
+}
+"""SD1.x `unet_config` (v1-inference.yaml) with `use_checkpoint=False`, as A1111 loads it."""
+
+TINY_UNET = {
+    **SD1_UNET,
+    "model_channels": 32,
+    "channel_mult": [1, 2, 2, 2],
+    "num_heads": 2,
+    "context_dim": 32,
+}
+"""The SD1 layout in miniature: same levels, same attention placement (5 layers at 1/4 of the latent)."""
+
+
+def require_ldm():
+    try:
+        from ldm.modules.diffusionmodules.openaimodel import UNetModel
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "the embedded model needs the `ldm` package: pip install --no-deps stable-diffusion-sdkit==2.1.5 "
+            "einops omegaconf (or run `make demo`, which installs everything)"
+        ) from error
+    return UNetModel
+
+
+def build_unet(config: dict | None = None, *, seed: int = 0, sharpness: float = 4.0) -> nn.Module:
+    """A random-weight ldm UNet (default: `TINY_UNET`) in eval mode, reproducible from `seed`."""
+    unet_class = require_ldm()
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        unet = unet_class(**(config or TINY_UNET))
+        for name, parameter in unet.named_parameters():
+            if parameter.dim() > 1 and not parameter.abs().sum():
+                nn.init.normal_(parameter, std=0.02 if "proj_out" in name else 0.05)
+        with torch.no_grad():
+            for name, module in unet.named_modules():
+                if name.endswith(("attn1", "attn2")):
+                    module.to_q.weight.mul_(sharpness)
+                    module.to_k.weight.mul_(sharpness)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return unet.eval()
+
+
+@dataclass
+class TinyTextEncoder:
+    """Token ids -> context (1, 77·k, dim): a fixed random embedding per token id plus a position
+    embedding. Enough for attention to tell tokens apart; no language understanding."""
+
+    dim: int = 32
+    seed: int = 0
+    vocab_size: int = 49408
+
+    def __post_init__(self):
+        generator = torch.Generator().manual_seed(self.seed)
+        self.tokens = torch.randn(self.vocab_size, self.dim, generator=generator)
+        self.positions = 0.1 * torch.randn(77, self.dim, generator=generator)
+
+    def __call__(self, chunks: list[list[int]]) -> torch.Tensor:
+        encoded = [self.tokens[torch.tensor(chunk)] + self.positions for chunk in chunks]
+        return torch.cat(encoded)[None]
+
+
+def apply_unet(unet: nn.Module):
+    """The model call in A1111's `apply_model(x, t, cond)` shape for a bare ldm UNet."""
+
+    def apply(latent: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return unet(latent, timesteps=timesteps, context=cond)
+
+    return apply

@@ -1,0 +1,177 @@
+"""The extension's arguments: one table that the UI controls, the API validation, the infotext keys,
+the Settings page and the X/Y/Z axes are all built from. Pure Python (no `modules` import), so the
+API rules are testable on their own.
+
+An argument list reaches the script either positionally (UI order, as A1111 passes them, and as API
+clients send `"args": [true, "cat, dog", ...]`) or as a single dict of named arguments
+(`"args": [{"subjects": "cat, dog", "max_rounds": 5}]`). Missing ones take their defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..params import PARAMETERS, InitNOParams
+
+
+class ArgumentError(ValueError):
+    """A bad argument; the message names it."""
+
+
+@dataclass(frozen=True)
+class Arg:
+    name: str
+    default: Any
+    label: str
+    infotext: str
+    kind: type
+    minimum: float | None = None
+    maximum: float | None = None
+    step: float | None = None
+    advanced: bool = False
+    help: str = ""
+    xyz: bool = True
+
+    def convert(self, value: Any) -> Any:
+        """`value` as this argument's type, or ArgumentError naming the argument."""
+        try:
+            if self.kind is bool:
+                if isinstance(value, str):
+                    lowered = value.strip().lower()
+                    if lowered not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                        raise ValueError(value)
+                    return lowered in ("true", "1", "yes", "on")
+                if not isinstance(value, (bool, int)) or value not in (0, 1):
+                    raise ValueError(value)
+                return bool(value)
+            if self.kind is str:
+                if not isinstance(value, str):
+                    raise ValueError(value)
+                return value
+            if isinstance(value, bool):
+                raise ValueError(value)
+            number = float(value)
+            if self.kind is int:
+                if number != int(number):
+                    raise ValueError(value)
+                number = int(number)
+        except (TypeError, ValueError):
+            raise ArgumentError(f"InitNO argument {self.name!r} must be {self.kind.__name__}, got {value!r}") from None
+        if self.minimum is not None and not self.minimum <= number <= self.maximum:
+            raise ArgumentError(
+                f"InitNO argument {self.name!r} must be between {self.minimum} and {self.maximum}, got {value!r}"
+            )
+        return number
+
+
+def _engine_args() -> list[Arg]:
+    args = []
+    for spec in PARAMETERS:
+        meta = spec.metadata
+        args.append(
+            Arg(
+                name=spec.name,
+                default=spec.default,
+                label=meta["label"],
+                infotext=f"InitNO {meta['label'].lower()}",
+                kind=int if spec.type == "int" else float,
+                minimum=meta["minimum"],
+                maximum=meta["maximum"],
+                step=meta["step"],
+                advanced=meta["advanced"],
+                help=meta["help"],
+            )
+        )
+    return args
+
+
+ARGS: tuple[Arg, ...] = (
+    Arg("enabled", False, "Enable InitNO", "InitNO", bool, help="Optimise the initial noise before sampling."),
+    Arg(
+        "subjects",
+        "",
+        "Subjects",
+        "InitNO subjects",
+        str,
+        help="Comma-separated words or phrases of the prompt (or #positions); empty: nouns chosen automatically.",
+    ),
+    *_engine_args(),
+    Arg(
+        "diagnostics",
+        False,
+        "Diagnostic image",
+        "InitNO diagnostics",
+        bool,
+        help="Add an image of the attention maps and the score trace after each generated image.",
+        xyz=False,
+    ),
+)
+"""In UI (and positional API) order."""
+
+BY_NAME = {arg.name: arg for arg in ARGS}
+
+
+@dataclass(frozen=True)
+class ScriptArgs:
+    enabled: bool
+    subjects: str
+    params: InitNOParams
+    diagnostics: bool
+
+    @classmethod
+    def defaults(cls, overrides: Mapping[str, Any] | None = None) -> ScriptArgs:
+        return cls.from_named(dict(overrides or {}))
+
+    @classmethod
+    def from_script_args(cls, values: Sequence[Any], defaults: Mapping[str, Any] | None = None) -> ScriptArgs:
+        """From the script's slice of `p.script_args`: positional, or one dict of named arguments.
+
+        `None` (what the API puts in slots it has no value for) and missing trailing values take the
+        default, which `defaults` may override (the Settings page's defaults).
+        """
+        values = list(values)
+        if values and isinstance(values[0], Mapping):
+            # The API fills the slots after the dict with the controls' defaults: they are ignored.
+            return cls.from_named({**(defaults or {}), **values[0]})
+        if len(values) > len(ARGS):
+            raise ArgumentError(f"InitNO takes at most {len(ARGS)} positional arguments, got {len(values)}")
+        named = dict(defaults or {})
+        named.update({arg.name: value for arg, value in zip(ARGS, values) if value is not None})
+        return cls.from_named(named)
+
+    @classmethod
+    def from_named(cls, named: Mapping[str, Any]) -> ScriptArgs:
+        unknown = sorted(set(named) - set(BY_NAME))
+        if unknown:
+            raise ArgumentError(f"unknown InitNO argument(s) {unknown}; known: {', '.join(BY_NAME)}")
+        values = {arg.name: arg.convert(named.get(arg.name, arg.default)) for arg in ARGS}
+        engine = {spec.name: values[spec.name] for spec in PARAMETERS}
+        try:
+            params = InitNOParams(**engine)
+        except ValueError as error:
+            raise ArgumentError(str(error)) from None
+        return cls(values["enabled"], values["subjects"], params, values["diagnostics"])
+
+    def as_named(self) -> dict[str, Any]:
+        engine = dataclasses.asdict(self.params)
+        return {"enabled": self.enabled, "subjects": self.subjects, **engine, "diagnostics": self.diagnostics}
+
+    def replace(self, **changes) -> ScriptArgs:
+        return ScriptArgs.from_named({**self.as_named(), **changes})
+
+    def infotext(self) -> dict[str, Any]:
+        """The settings for the PNG info: every parameter (the outcome is added by the script)."""
+        named = self.as_named()
+        return {arg.infotext: named[arg.name] for arg in ARGS if arg.name != "enabled"}
+
+
+def from_infotext(params: Mapping[str, str]) -> dict[str, Any]:
+    """Named arguments from parsed infotext; InitNO off when the infotext has no InitNO entry."""
+    named: dict[str, Any] = {"enabled": "InitNO" in params}
+    for arg in ARGS:
+        if arg.name != "enabled" and arg.infotext in params:
+            named[arg.name] = arg.convert(params[arg.infotext])
+    return named

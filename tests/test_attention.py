@@ -1,0 +1,208 @@
+"""Attention capture on the real ldm UNet (tiny SD1 layout, random weights)."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+from helpers import CAPTURED_AT_16, instance_forwards
+
+from initno.attention import AttentionCapture, capture_grid
+
+T = torch.full((1,), 981.0)
+
+
+def _run(unet, latent, cond):
+    return unet(latent, timesteps=T, context=cond)
+
+
+def _patched_names(unet) -> set[str]:
+    return {name for name, m in unet.named_modules() if "forward" in m.__dict__}
+
+
+def test_capture_grid_rounds_up_like_the_unet():
+    assert capture_grid((64, 64), 4) == (16, 16)
+    assert capture_grid((96, 128), 4) == (24, 32)
+    assert capture_grid((65, 75), 4) == (17, 19)
+    assert capture_grid((64, 64), 1) == (64, 64)
+
+
+def test_only_the_layers_at_the_capture_grid_are_replaced(tiny_unet, cat_and_dog):
+    latent = torch.randn(1, 4, 16, 16)
+    with AttentionCapture(tiny_unet) as capture:
+        capture.run(_run, tiny_unet, latent, cat_and_dog)
+        assert _patched_names(tiny_unet) == CAPTURED_AT_16
+        assert capture.grid == (4, 4)
+        assert capture.grids_seen == {(16, 16), (8, 8), (4, 4), (2, 2)}
+    assert _patched_names(tiny_unet) == set()
+
+
+def test_outputs_match_the_unmodified_unet(tiny_unet, cat_and_dog):
+    latent = torch.randn(1, 4, 16, 16)
+    with torch.no_grad():
+        expected = _run(tiny_unet, latent, cat_and_dog)
+        with AttentionCapture(tiny_unet, stop_early=False) as capture:
+            got = capture.run(_run, tiny_unet, latent, cat_and_dog)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_maps_are_probabilities_on_the_real_grid(tiny_unet, cat_and_dog):
+    latent = torch.randn(1, 4, 16, 24)  # non-square: the grid is read from the feature map
+    with AttentionCapture(tiny_unet) as capture, torch.no_grad():
+        capture.run(_run, tiny_unet, latent, cat_and_dog)
+        cross = capture.cross_attention()
+        rows = capture.self_attention_rows(torch.tensor([[0, 23]]))
+    assert cross.shape == (1, 4, 6, 77)
+    assert cross.dtype == torch.float32
+    torch.testing.assert_close(cross.sum(-1), torch.ones(1, 4, 6))
+    assert rows.shape == (1, 2, 4, 6)
+    torch.testing.assert_close(rows.sum((-1, -2)), torch.ones(1, 2))
+
+
+def test_self_attention_rows_equal_rows_of_the_full_averaged_map(tiny_unet, cat_and_dog):
+    """The official code averages full (256×256) self-attention maps and indexes them at the peak; the
+    capture computes only those rows. Same numbers."""
+    full_maps = []
+
+    def record_full(module, args, kwargs, output):
+        x = args[0]
+        q = module.to_q(x).reshape(1, x.shape[1], module.heads, -1).transpose(1, 2)
+        k = module.to_k(x).reshape(1, x.shape[1], module.heads, -1).transpose(1, 2)
+        full_maps.append(((q @ k.transpose(-1, -2)) * module.scale).softmax(-1)[0])
+
+    latent = torch.randn(1, 4, 16, 16)
+    with torch.no_grad():
+        handles = [
+            m.register_forward_hook(record_full, with_kwargs=True)
+            for name, m in tiny_unet.named_modules()
+            if name in CAPTURED_AT_16 and name.endswith("attn1")
+        ]
+        _run(tiny_unet, latent, cat_and_dog)
+        for handle in handles:
+            handle.remove()
+        averaged = torch.cat(full_maps).mean(0)  # (16, 16): 5 layers × 2 heads
+        with AttentionCapture(tiny_unet) as capture:
+            capture.run(_run, tiny_unet, latent, cat_and_dog)
+            rows = capture.self_attention_rows(torch.tensor([3, 9]))
+    torch.testing.assert_close(rows[0].reshape(2, 16), averaged[[3, 9]], rtol=1e-4, atol=1e-6)
+
+
+def test_stops_after_the_last_captured_layer(tiny_unet, cat_and_dog):
+    calls = []
+    hook = tiny_unet.out.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        with AttentionCapture(tiny_unet) as capture:
+            first = capture.run(_run, tiny_unet, torch.randn(1, 4, 16, 16), cat_and_dog)
+            second = capture.run(_run, tiny_unet, torch.randn(1, 4, 16, 16), cat_and_dog)
+            assert capture.cross_attention().shape == (1, 4, 4, 77)
+    finally:
+        hook.remove()
+    assert first is not None and second is None
+    assert len(calls) == 1  # the output layers ran on the first (learning) pass only
+
+
+def test_gradients_flow_from_the_maps_to_the_latent(tiny_unet, cat_and_dog):
+    latent = torch.randn(1, 4, 16, 16, requires_grad=True)
+    with AttentionCapture(tiny_unet) as capture, torch.enable_grad():
+        capture.run(_run, tiny_unet, latent, cat_and_dog)
+        loss = capture.cross_attention()[..., 2].max() + capture.self_attention_rows(torch.tensor([5])).max()
+        (grad,) = torch.autograd.grad(loss, latent)
+    assert grad.abs().sum() > 0
+
+
+def test_forwards_restored_exactly_even_a_foreign_instance_forward(tiny_unet, cat_and_dog):
+    """Hypertile, for one, leaves its own instance `forward` on attn1 modules."""
+    attn1 = tiny_unet.input_blocks[7][1].transformer_blocks[0].attn1
+    foreign = types.MethodType(type(attn1).forward, attn1)
+    attn1.forward = foreign
+    try:
+        before = instance_forwards(tiny_unet)
+        with AttentionCapture(tiny_unet) as capture:
+            capture.run(_run, tiny_unet, torch.randn(1, 4, 16, 16), cat_and_dog)
+            assert attn1.forward is not foreign
+        assert instance_forwards(tiny_unet) == before
+        assert attn1.forward is foreign
+    finally:
+        del attn1.forward
+
+
+def test_forwards_restored_after_an_exception_inside_the_block(tiny_unet, cat_and_dog):
+    before = instance_forwards(tiny_unet)
+    hooks_before = len(tiny_unet._forward_pre_hooks)
+    with pytest.raises(RuntimeError, match="boom"), AttentionCapture(tiny_unet) as capture:
+        capture.run(_run, tiny_unet, torch.randn(1, 4, 16, 16), cat_and_dog)
+        raise RuntimeError("boom")
+    assert instance_forwards(tiny_unet) == before
+    assert len(tiny_unet._forward_pre_hooks) == hooks_before
+    assert all(not m._forward_pre_hooks for m in tiny_unet.modules() if m is not tiny_unet)
+
+
+def test_forwards_restored_after_an_exception_inside_the_unet(tiny_unet, cat_and_dog):
+    before = instance_forwards(tiny_unet)
+    with pytest.raises(RuntimeError, match="cannot be multiplied"), AttentionCapture(tiny_unet) as capture:
+        capture.run(_run, tiny_unet, torch.randn(1, 4, 16, 16), torch.randn(1, 77, 5))  # wrong width
+    assert instance_forwards(tiny_unet) == before
+
+
+def test_context_transform_is_applied_in_captured_layers(tiny_unet, cat_and_dog):
+    seen = []
+
+    def hypernetwork(context, module):
+        seen.append(module)
+        return context, context * 0  # values from a zeroed context: attention outputs vanish
+
+    latent = torch.randn(1, 4, 16, 16)
+    with torch.no_grad():
+        with AttentionCapture(tiny_unet, stop_early=False) as capture:
+            plain = capture.run(_run, tiny_unet, latent, cat_and_dog)
+        with AttentionCapture(tiny_unet, context_transform=hypernetwork, stop_early=False) as capture:
+            transformed = capture.run(_run, tiny_unet, latent, cat_and_dog)
+    assert len(seen) == 10
+    assert not torch.allclose(plain, transformed)
+
+
+class KeywordContextAttention(torch.nn.Module):
+    """The sgm `CrossAttention` call shape: extra keyword arguments, context passed as a keyword."""
+
+    def __init__(self, dim, context_dim=None, heads=2):
+        super().__init__()
+        self.heads, self.scale = heads, (dim // heads) ** -0.5
+        self.to_q = torch.nn.Linear(dim, dim, bias=False)
+        self.to_k = torch.nn.Linear(context_dim or dim, dim, bias=False)
+        self.to_v = torch.nn.Linear(context_dim or dim, dim, bias=False)
+        self.to_out = torch.nn.Sequential(torch.nn.Linear(dim, dim))
+
+    def forward(self, x, context=None, mask=None, additional_tokens=None, n_times_crossframe_attn_in_self=0):
+        raise AssertionError("replaced while capturing")
+
+
+class KeywordTransformer(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn1 = KeywordContextAttention(8)
+        self.attn2 = KeywordContextAttention(8, context_dim=6)
+        self.transformer_blocks = torch.nn.ModuleList([torch.nn.Identity()])
+
+    def forward(self, x, context=None):
+        tokens = x.flatten(2).transpose(1, 2)
+        tokens = self.attn1(tokens, context=None, additional_tokens=None, n_times_crossframe_attn_in_self=0)
+        return self.attn2(tokens, context=context, additional_tokens=None)
+
+
+class KeywordUNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.down = torch.nn.Conv2d(8, 8, 4, stride=4)
+        self.block = KeywordTransformer()
+
+    def forward(self, x, context):
+        return self.block(self.down(x), context=context)
+
+
+def test_sgm_style_keyword_arguments():
+    unet = KeywordUNet()
+    with AttentionCapture(unet) as capture, torch.no_grad():
+        capture.run(unet, torch.randn(1, 8, 8, 8), torch.randn(1, 77, 6))
+        assert capture.cross_attention().shape == (1, 2, 2, 77)
+    assert _patched_names(unet) == set()
