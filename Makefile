@@ -16,6 +16,7 @@ demo: setup
 
 test: setup browser
 	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m pytest
 
 bench: setup

@@ -139,9 +139,7 @@ class AttentionCapture:
             return None
         if self._calls == 0:
             seen = ", ".join(f"{h}×{w}" for h, w in sorted(self.grids_seen)) or "none"
-            raise ValueError(
-                f"no attention layer at the capture grid {self.grid} (transformer grids seen: {seen})"
-            )
+            raise ValueError(f"no attention layer at the capture grid {self.grid} (transformer grids seen: {seen})")
         self._calls_per_pass = self._calls
         return result
 
@@ -190,9 +188,7 @@ class AttentionCapture:
         else:
             context_k = context_v = source
         heads = module.heads
-        q, k, v = (
-            _split_heads(t, heads) for t in (module.to_q(x), module.to_k(context_k), module.to_v(context_v))
-        )
+        q, k, v = (_split_heads(t, heads) for t in (module.to_q(x), module.to_k(context_k), module.to_v(context_v)))
         scale = getattr(module, "scale", None) or q.shape[-1] ** -0.5
         if is_self:
             self._self.append((q, k, scale))

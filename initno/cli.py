@@ -50,6 +50,19 @@ def _demo(args) -> int:
         f"{result.steps} UNet passes; cross {result.initial.cross:.4f} -> {result.final.cross:.4f}, "
         f"self {result.initial.conflict:.4f} -> {result.final.conflict:.4f}; KL {result.kl:.2e}"
     )
+    try:
+        from .diagnostics import render_diagnostics
+    except ImportError as error:  # matplotlib: in every WebUI install, and in requirements-dev.txt
+        print(f"no diagnostic image: {error}", file=sys.stderr)
+        return 0
+    from pathlib import Path
+
+    diagnostics = render_diagnostics(result, [s.text for s in read.subjects], params)
+    if diagnostics is not None:
+        output = Path(args.output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        diagnostics.image.save(output)
+        print(f"diagnostic image: {output}")
     return 0
 
 
@@ -80,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--rounds", type=int, default=defaults.max_rounds)
     demo.add_argument("--steps", type=int, default=defaults.steps_per_round)
     demo.add_argument("--fallback", type=int, default=defaults.fallback_steps)
+    demo.add_argument(
+        "--output", default="outputs/initno-demo.png", help="where to write the diagnostic image (PNG; folders created)"
+    )
 
     tokens = commands.add_parser("tokens", help="print the token positions of a prompt's subjects as JSON")
     tokens.add_argument("prompt")

@@ -28,9 +28,7 @@ _SPECIAL = ("<|startoftext|>", "<|endoftext|>")
 def vocabulary_path() -> Path:
     spec = importlib.util.find_spec("open_clip")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "the CLIP vocabulary ships with open-clip-torch: pip install --no-deps open-clip-torch"
-        )
+        raise FileNotFoundError("the CLIP vocabulary ships with open-clip-torch: pip install --no-deps open-clip-torch")
     return Path(next(iter(spec.submodule_search_locations))) / VOCABULARY_FILE
 
 

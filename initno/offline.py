@@ -3,7 +3,7 @@ AND parts, each at its first sampling step, emphasis and BREAK, 77-token chunks 
 back-tracking, then the subjects' positions.
 
 Used by `python -m initno tokens` and the demo. The WebUI glue does the same with the host's own
-functions (`initno/webui/prompts.py`).
+functions (`initno/webui/host.py`).
 """
 
 from __future__ import annotations
@@ -12,15 +12,7 @@ from dataclasses import dataclass
 
 from .clip_bpe import ClipTokenizer
 from .prompt import Chunk, chunk_prompt, first_step_prompt, parse_emphasis, split_and, strip_extra_networks
-from .subjects import (
-    PromptTokens,
-    Subject,
-    find_subjects,
-    guess_subjects,
-    join_prompts,
-    parse_subject_list,
-    read_chunks,
-)
+from .subjects import PromptTokens, Subject, choose_subjects, join_prompts, read_chunks, report
 
 
 @dataclass(frozen=True)
@@ -31,11 +23,7 @@ class ReadPrompt:
     subjects: list[Subject]
 
     def as_json(self) -> dict:
-        return {
-            "tokens": self.tokens.as_json(),
-            "subjects": [{"text": s.text, "positions": list(s.positions), "auto": s.auto} for s in self.subjects],
-            "context_length": self.tokens.context_length,
-        }
+        return report(self.tokens, self.subjects)
 
 
 def read_prompt(
@@ -65,6 +53,4 @@ def read_prompt(
         chunks += part_chunks
         parts.append(read_chunks(part_chunks, tokenizer.token_text, end_id=tokenizer.end_id))
     tokens = join_prompts(parts)
-    texts = parse_subject_list(subjects)
-    found = find_subjects(tokens, texts, tokenizer.encode) if texts else guess_subjects(tokens, tokenizer.encode)
-    return ReadPrompt(chunks, tokens, found)
+    return ReadPrompt(chunks, tokens, choose_subjects(tokens, subjects, tokenizer.encode))

@@ -17,30 +17,49 @@ def _knob(default, label: str, minimum, maximum, *, step=None, advanced: bool = 
 
 @dataclass(frozen=True)
 class InitNOParams:
-    max_rounds: int = _knob(
-        5, "Max rounds", 1, 20, step=1, help="Restarts from fresh noise before the fallback run."
-    )
+    max_rounds: int = _knob(5, "Max rounds", 1, 20, step=1, help="Restarts from fresh noise before the fallback run.")
     steps_per_round: int = _knob(10, "Steps per round", 1, 100, step=1, help="UNet passes per round.")
     fallback_steps: int = _knob(
-        50, "Fallback steps", 0, 200, step=1,
+        50,
+        "Fallback steps",
+        0,
+        200,
+        step=1,
         help="UNet passes of the last run, from the best round's noise, if no round was valid (0: none).",
     )
     cross_threshold: float = _knob(
-        0.2, "Cross-attention threshold", 0.0, 1.0, step=0.01,
+        0.2,
+        "Cross-attention threshold",
+        0.0,
+        1.0,
+        step=0.01,
         help="Valid when every subject's response loss (1 - peak attention) is below this.",
     )
     conflict_threshold: float = _knob(
-        0.3, "Self-attention threshold", 0.0, 0.5, step=0.01,
+        0.3,
+        "Self-attention threshold",
+        0.0,
+        0.5,
+        step=0.01,
         help="Valid when the subjects' self-attention overlap is below this.",
     )
     learning_rate: float = _knob(1e-2, "Learning rate", 1e-4, 1.0, step=1e-3, advanced=True, help="Adam step size.")
     adam_eps: float = _knob(1e-3, "Adam epsilon", 1e-8, 1.0, advanced=True, help="Adam's epsilon (official: 1e-3).")
     kl_bound: float = _knob(
-        1e-3, "KL bound", 1e-6, 0.1, step=1e-4, advanced=True,
+        1e-3,
+        "KL bound",
+        1e-6,
+        0.1,
+        step=1e-4,
+        advanced=True,
         help="How far (mean KL) the optimised noise may move from N(0, I).",
     )
     kl_max_steps: int = _knob(
-        1000, "KL projection steps", 1, 100_000, advanced=True,
+        1000,
+        "KL projection steps",
+        1,
+        100_000,
+        advanced=True,
         help="Bound on the Adam steps that pull the noise back into the KL ball after each update.",
     )
 

@@ -138,13 +138,8 @@ def _split_top_level(text: str, separators: str) -> list[tuple[str, str]]:
     return parts
 
 
-def first_step_prompt(prompt: str, steps: int = 20) -> str:
-    """The prompt in effect at the first sampling step.
-
-    Prompt editing `[before:after:when]` (and `[after:when]`, `[before::when]`) gives `before` unless
-    `when` resolves below step 1 (`0`, or a fraction times `steps` below 1); alternation `[a|b|...]`
-    gives its first option. Everything else, emphasis included, is kept as written.
-    """
+def _brackets(prompt: str, visit: Callable[[str, str], str]) -> str:
+    """Rewrites each top-level (...) / [...] group with `visit(bracket, inside)`; the rest is kept."""
     out, index = [], 0
     while index < len(prompt):
         char = prompt[index]
@@ -155,8 +150,7 @@ def first_step_prompt(prompt: str, steps: int = 20) -> str:
         if char in "([":
             end = _closing_bracket(prompt, index)
             if end is not None:
-                inner = prompt[index + 1 : end]
-                out.append(_resolve_bracket(char, inner, steps))
+                out.append(visit(char, prompt[index + 1 : end]))
                 index = end + 1
                 continue
         out.append(char)
@@ -164,19 +158,65 @@ def first_step_prompt(prompt: str, steps: int = 20) -> str:
     return "".join(out)
 
 
-def _resolve_bracket(bracket: str, inner: str, steps: int) -> str:
-    if bracket == "[":
-        options = _split_top_level(inner, "|")
-        if len(options) > 1:
-            return first_step_prompt(options[0][0], steps)
-        parts = [part for part, _ in _split_top_level(inner, ":")]
-        if len(parts) in (2, 3) and _NUMBER.fullmatch(parts[-1]):
-            number = parts[-1].strip()
-            when = float(number) * steps if "." in number else float(number)
-            before, after = (parts[0], parts[1]) if len(parts) == 3 else ("", parts[0])
-            return first_step_prompt(before if min(steps, int(when)) >= 1 else after, steps)
-    closing = ")" if bracket == "(" else "]"
-    return bracket + first_step_prompt(inner, steps) + closing
+def _edit(inner: str, steps: int) -> tuple[str, str, int] | None:
+    """(before, after, when) of a prompt edit `[before:after:when]` / `[after:when]`; None otherwise."""
+    parts = [part for part, _ in _split_top_level(inner, ":")]
+    if len(parts) not in (2, 3) or not _NUMBER.fullmatch(parts[-1]):
+        return None
+    number = parts[-1].strip()
+    when = min(steps, int(float(number) * steps if "." in number else float(number)))
+    before, after = (parts[0], parts[1]) if len(parts) == 3 else ("", parts[0])
+    return before, after, when
+
+
+def prompt_at_step(prompt: str, step: int, steps: int) -> str:
+    """The prompt in effect at sampling step `step` (1-based) of `steps`: each prompt edit
+    `[before:after:when]` gives `before` up to step `when` (a fraction means that share of `steps`),
+    `after` from then on; alternation `[a|b|...]` cycles per step. Emphasis is kept as written."""
+
+    def visit(bracket: str, inner: str) -> str:
+        if bracket == "[":
+            options = _split_top_level(inner, "|")
+            if len(options) > 1:
+                return prompt_at_step(options[(step - 1) % len(options)][0], step, steps)
+            edit = _edit(inner, steps)
+            if edit is not None:
+                before, after, when = edit
+                return prompt_at_step(before if step <= when else after, step, steps)
+        closing = ")" if bracket == "(" else "]"
+        return bracket + prompt_at_step(inner, step, steps) + closing
+
+    return _brackets(prompt, visit)
+
+
+def schedule_steps(prompt: str, steps: int) -> list[int]:
+    """The steps at which the prompt changes (the last is `steps`), as the host's schedule lists them."""
+    found = {steps}
+
+    def visit(bracket: str, inner: str) -> str:
+        if bracket == "[":
+            options = _split_top_level(inner, "|")
+            if len(options) > 1:
+                found.update(range(1, steps + 1))
+            edit = _edit(inner, steps)
+            if edit is not None and edit[2] >= 1:
+                found.add(edit[2])
+        for part, _ in _split_top_level(inner, "|:"):
+            _brackets(part, visit)
+        return ""
+
+    _brackets(prompt, visit)
+    return sorted(found)
+
+
+def prompt_schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
+    """[(last step, prompt text)] as `get_learned_conditioning_prompt_schedules` gives for one prompt."""
+    return [(step, prompt_at_step(prompt, step, steps)) for step in schedule_steps(prompt, steps)]
+
+
+def first_step_prompt(prompt: str, steps: int = 20) -> str:
+    """The prompt in effect at the first sampling step (the one InitNO scores)."""
+    return prompt_at_step(prompt, schedule_steps(prompt, steps)[0], steps)
 
 
 @dataclass

@@ -80,6 +80,21 @@ class PromptTokens:
         return [asdict(token) for token in self.tokens]
 
 
+def report(prompt: PromptTokens, subjects: Sequence[Subject]) -> dict:
+    """The JSON shape of `python -m initno tokens` and of the WebUI route `/initno/v1/tokens`."""
+    return {
+        "tokens": prompt.as_json(),
+        "subjects": [{"text": s.text, "positions": list(s.positions), "auto": s.auto} for s in subjects],
+        "context_length": prompt.context_length,
+    }
+
+
+def choose_subjects(prompt: PromptTokens, text: str, encode: Callable[[str], list[int]]) -> list[Subject]:
+    """The typed subjects (comma-separated), or, when none are typed, the automatic ones."""
+    texts = parse_subject_list(text)
+    return find_subjects(prompt, texts, encode) if texts else guess_subjects(prompt, encode)
+
+
 def _word(tokens: list[Token]) -> Word:
     return Word("".join(t.text for t in tokens), tuple(t.position for t in tokens))
 

@@ -12,7 +12,14 @@ import pytest
 
 from initno.clip_bpe import ClipTokenizer
 from initno.offline import read_prompt
-from initno.prompt import chunk_prompt, first_step_prompt, parse_emphasis, split_and, strip_extra_networks
+from initno.prompt import (
+    chunk_prompt,
+    first_step_prompt,
+    parse_emphasis,
+    prompt_schedule,
+    split_and,
+    strip_extra_networks,
+)
 from initno.subjects import SubjectError
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "a1111_v1.10.1_prompts.json").read_text())
@@ -66,6 +73,28 @@ def test_chunks_as_the_host_tokenizes_each_part(prompt, tokenizer):
         assert [[round(w, 4) for w in c.weights] for c in chunks] == [c["multipliers"] for c in part["chunks"]]
         # The host records an embedding at its offset among the prompt tokens; we at its chunk position.
         assert [[[p - 1, n, s] for p, n, s in c.embeddings] for c in chunks] == [c["fixes"] for c in part["chunks"]]
+
+
+# The schedules documented in the host's prompt_parser.py, for 10 steps.
+HOST_SCHEDULES = {
+    "test": [(10, "test")],
+    "a [b:3]": [(3, "a "), (10, "a b")],
+    "a [b: 3]": [(3, "a "), (10, "a b")],
+    "a [[[b]]:2]": [(2, "a "), (10, "a [[b]]")],
+    "[(a:2):3]": [(3, ""), (10, "(a:2)")],
+    "a [b : c : 1] d": [(1, "a b  d"), (10, "a  c  d")],
+    "a[b:[c:d:2]:1]e": [(1, "abe"), (2, "ace"), (10, "ade")],
+    "a [unbalanced": [(10, "a [unbalanced")],
+    "a [b:.5] c": [(5, "a  c"), (10, "a b c")],
+    "[a|(b:1.1)]": [(s, "a" if s % 2 else "(b:1.1)") for s in range(1, 11)],
+    "[fe|]male": [(s, "female" if s % 2 else "male") for s in range(1, 11)],
+    "[fe|||]male": [(s, "female" if s % 4 == 1 else "male") for s in range(1, 11)],
+}
+
+
+@pytest.mark.parametrize("prompt", list(HOST_SCHEDULES))
+def test_prompt_schedules_as_documented_by_the_host(prompt):
+    assert prompt_schedule(prompt, 10) == HOST_SCHEDULES[prompt]
 
 
 def test_the_long_prompt_moves_the_words_after_the_last_comma_to_the_next_chunk(tokenizer):

@@ -67,6 +67,19 @@ class Arg:
         return number
 
 
+ENGINE_INFOTEXT = {
+    "max_rounds": "InitNO max rounds",
+    "steps_per_round": "InitNO steps per round",
+    "fallback_steps": "InitNO fallback steps",
+    "cross_threshold": "InitNO cross threshold",
+    "conflict_threshold": "InitNO self threshold",
+    "learning_rate": "InitNO learning rate",
+    "adam_eps": "InitNO Adam eps",
+    "kl_bound": "InitNO KL bound",
+    "kl_max_steps": "InitNO KL steps",
+}
+
+
 def _engine_args() -> list[Arg]:
     args = []
     for spec in PARAMETERS:
@@ -76,7 +89,7 @@ def _engine_args() -> list[Arg]:
                 name=spec.name,
                 default=spec.default,
                 label=meta["label"],
-                infotext=f"InitNO {meta['label'].lower()}",
+                infotext=ENGINE_INFOTEXT[spec.name],
                 kind=int if spec.type == "int" else float,
                 minimum=meta["minimum"],
                 maximum=meta["maximum"],
@@ -134,13 +147,23 @@ class ScriptArgs:
         """
         values = list(values)
         if values and isinstance(values[0], Mapping):
-            # The API fills the slots after the dict with the controls' defaults: they are ignored.
-            return cls.from_named({**(defaults or {}), **values[0]})
+            # Sending InitNO arguments by name means InitNO on, unless they say "enabled": false. The API
+            # fills the slots after the dict with the controls' defaults: they are ignored.
+            return cls.from_named({**(defaults or {}), "enabled": True, **values[0]})
         if len(values) > len(ARGS):
             raise ArgumentError(f"InitNO takes at most {len(ARGS)} positional arguments, got {len(values)}")
         named = dict(defaults or {})
         named.update({arg.name: value for arg, value in zip(ARGS, values) if value is not None})
         return cls.from_named(named)
+
+    @staticmethod
+    def requests_enabled(values: Sequence[Any]) -> bool:
+        """Whether these script arguments turn InitNO on (checked before validating the rest)."""
+        if not values:
+            return False
+        if isinstance(values[0], Mapping):
+            return BY_NAME["enabled"].convert(values[0].get("enabled", True))
+        return values[0] is not None and BY_NAME["enabled"].convert(values[0])
 
     @classmethod
     def from_named(cls, named: Mapping[str, Any]) -> ScriptArgs:
@@ -163,9 +186,13 @@ class ScriptArgs:
         return ScriptArgs.from_named({**self.as_named(), **changes})
 
     def infotext(self) -> dict[str, Any]:
-        """The settings for the PNG info: every parameter (the outcome is added by the script)."""
+        """The settings for the PNG info: every parameter (the outcome is added by the job). Empty
+        subjects (automatic) and diagnostics off are left out."""
         named = self.as_named()
-        return {arg.infotext: named[arg.name] for arg in ARGS if arg.name != "enabled"}
+        values = {arg.infotext: named[arg.name] for arg in ARGS if arg.name != "enabled"}
+        values[BY_NAME["subjects"].infotext] = self.subjects or None
+        values[BY_NAME["diagnostics"].infotext] = True if self.diagnostics else None
+        return values
 
 
 def from_infotext(params: Mapping[str, str]) -> dict[str, Any]:

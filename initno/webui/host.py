@@ -1,0 +1,151 @@
+"""What InitNO reads from the host for one txt2img batch (A1111 v1.10, `a1111-host.md` §3, §5, §6):
+whether the loaded model can be optimised, the sampler's first timestep, each image's prompt as the
+host tokenises it, and each image's conditioning at the first step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from modules import prompt_parser, sd_unet, shared
+
+from ..clip_bpe import ClipTokenizer
+from ..optimize import Denoiser
+from ..prompt import Chunk
+from ..subjects import PromptTokens, join_prompts, read_chunks
+
+
+class Unsupported(Exception):
+    """InitNO cannot run for this generation; the message says why, for the user."""
+
+
+def unet_of(model) -> torch.nn.Module:
+    """The checkpoint's UNet, or Unsupported naming what is in the way."""
+    if getattr(model, "is_sd3", False):
+        raise Unsupported("SD3 models have no UNet; InitNO needs a UNet checkpoint (SD1, SD2, SDXL)")
+    if getattr(sd_unet, "current_unet", None) is not None:
+        raise Unsupported(
+            f"an alternative UNet is active ({getattr(sd_unet.current_unet, 'option', 'e.g. TensorRT')}); "
+            "InitNO needs the checkpoint's own UNet (set SD Unet to None)"
+        )
+    if hasattr(model, "forge_objects"):
+        raise Unsupported("Forge's backend is not supported yet (it samples under inference mode)")
+    wrapper = getattr(model, "model", None)
+    unet = getattr(wrapper, "diffusion_model", None)
+    if unet is None:
+        raise Unsupported(f"the loaded model ({type(model).__name__}) has no ldm/sgm UNet")
+    conditioning_key = getattr(wrapper, "conditioning_key", "crossattn")
+    if conditioning_key not in ("crossattn", None) or getattr(model, "is_sdxl_inpaint", False):
+        raise Unsupported(f"inpainting and edit models are not supported (conditioning {conditioning_key!r})")
+    if getattr(unet, "in_channels", 4) != getattr(model, "latent_channels", 4):
+        raise Unsupported("inpainting models are not supported (the UNet takes extra input channels)")
+    return unet
+
+
+def first_timestep(p) -> float:
+    """The timestep of the sampler's first step: k-diffusion samplers through their sigma schedule,
+    DDIM/PLMS/UniPC through their timestep list (the official code uses PNDM's first, 981 of 50)."""
+    sampler = p.sampler
+    if hasattr(sampler, "get_sigmas") and hasattr(sampler, "model_wrap"):
+        sigmas = sampler.get_sigmas(p, p.steps)
+        wrap = sampler.model_wrap
+        return float(wrap.sigma_to_t(torch.as_tensor(sigmas[0], device=wrap.log_sigmas.device)))
+    if hasattr(sampler, "get_timesteps"):
+        return float(sampler.get_timesteps(p, p.steps).max())
+    raise Unsupported(f"unknown sampler type {type(sampler).__name__}: cannot tell its first timestep")
+
+
+def hypernetwork_transform():
+    """The host's hypernetwork hook for the captured attention layers, when hypernetworks are loaded."""
+    if not getattr(shared, "loaded_hypernetworks", None):
+        return None
+    from modules.hypernetworks import hypernetwork
+
+    return lambda context, module: hypernetwork.apply_hypernetworks(shared.loaded_hypernetworks, context, module)
+
+
+def denoiser(p) -> Denoiser:
+    model = p.sd_model
+    return Denoiser(
+        unet=unet_of(model),
+        apply=model.apply_model,
+        timestep=first_timestep(p),
+        context_transform=hypernetwork_transform(),
+    )
+
+
+class _TextModel:
+    """The text side of the loaded model, as `tokenize` / `process_texts` and the special ids."""
+
+    _display: ClipTokenizer | None = None
+
+    def __init__(self, model):
+        self.model = model.cond_stage_model
+        self.first = getattr(self.model, "embedders", [self.model])[0]  # SDXL: the CLIP-L embedder
+        self.end_id = self.first.id_end
+
+    def encode(self, text: str) -> list[int]:
+        return self.model.tokenize([text])[0]
+
+    def chunks(self, text: str) -> list[Chunk]:
+        prompt_chunks = self.model.process_texts([text])[0][0]
+        return [
+            Chunk(
+                list(c.tokens),
+                list(c.multipliers),
+                [(fix.offset + 1, fix.embedding.name, int(fix.embedding.vectors)) for fix in c.fixes],
+            )
+            for c in prompt_chunks
+        ]
+
+    def token_text(self, token_id: int) -> str:
+        # All CLIP tokenizers of SD1/SD2/SDXL share one BPE vocabulary; it ships with open-clip-torch.
+        try:
+            if _TextModel._display is None:
+                _TextModel._display = ClipTokenizer()
+            return _TextModel._display.token_text(token_id)
+        except (FileNotFoundError, KeyError):
+            return f"<{token_id}></w>"
+
+
+@dataclass(frozen=True)
+class ImagePrompt:
+    """One image's prompt as the InitNO pass sees it: its AND parts side by side."""
+
+    tokens: PromptTokens
+    part_lengths: tuple[int, ...]
+    encode: object
+
+
+def read_prompt(p, index: int) -> ImagePrompt:
+    """Tokens of image `index` of the batch: `p.prompts` (styles applied, extra networks removed)."""
+    return read_prompt_text(p.sd_model, p.prompts[index], getattr(p, "firstpass_steps", p.steps))
+
+
+def read_prompt_text(model, prompt: str, steps: int) -> ImagePrompt:
+    """A prompt split on AND, each part at the first step, tokenised by the model's own text encoder."""
+    text_model = _TextModel(model)
+    res_indexes, flat, _ = prompt_parser.get_multicond_prompt_list([prompt])
+    schedules = prompt_parser.get_learned_conditioning_prompt_schedules(
+        flat, steps, None, getattr(shared.opts, "use_old_scheduling", False)
+    )
+    parts = []
+    for part_index, _weight in res_indexes[0]:
+        chunks = text_model.chunks(schedules[part_index][0][1])
+        parts.append(read_chunks(chunks, text_model.token_text, end_id=text_model.end_id))
+    return ImagePrompt(join_prompts(parts), tuple(part.context_length for part in parts), text_model.encode)
+
+
+def image_conditioning(p, index: int, part_lengths: tuple[int, ...]):
+    """Image `index`'s conditioning at the first step, cond branch only: its AND parts' rows of `p.c`,
+    each cut to its own length and joined along the tokens (SDXL: with the first part's pooled vector)."""
+    conds_list, batch = prompt_parser.reconstruct_multicond_batch(p.c, 0)
+    rows = [row for row, _weight in conds_list[index]]
+
+    def tokens_of(tensor):
+        joined = torch.cat([tensor[row][:length] for row, length in zip(rows, part_lengths)])
+        return joined[None].clone()  # a normal tensor even if the host made it under inference mode
+
+    if isinstance(batch, dict):
+        return {"crossattn": tokens_of(batch["crossattn"]), "vector": batch["vector"][rows[0]][None].clone()}
+    return tokens_of(batch)

@@ -1,0 +1,185 @@
+"""One generation's InitNO work: for each first-pass txt2img batch, optimise each image's noise in place,
+report progress, honour Interrupt/Skip, turn every fault into a clear "skipped" with the image still
+generated, and keep the per-image outcome for the infotext.
+
+The job lives on `p` (`p._initno_job`), so nothing carries over between generations, and X/Y/Z cells
+(shallow copies of `p`) each get their own.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass, field
+
+import torch
+from modules import devices, shared
+
+from ..optimize import ImageRequest, ImageResult, optimize_noise
+from ..scores import Scores
+from ..subjects import Subject, SubjectError, choose_subjects
+from . import host
+from .args import ScriptArgs
+
+ATTRIBUTE = "_initno_job"
+
+
+@dataclass
+class ImageOutcome:
+    """What the infotext says about one image."""
+
+    status: str
+    subjects: list[Subject] = field(default_factory=list)
+    result: ImageResult | None = None
+
+    @property
+    def scores(self) -> str | None:
+        if self.result is None or self.result.initial is None:
+            return None
+        before, after = self.result.initial, self.result.final
+        return (
+            f"cross {before.cross:.3f} -> {after.cross:.3f}, self {before.conflict:.3f} -> {after.conflict:.3f}, "
+            f"joint {before.joint:.3f} -> {after.joint:.3f}"
+        )
+
+    @property
+    def tokens(self) -> str | None:
+        if not self.subjects:
+            return None
+        auto = " (auto)" if any(s.auto for s in self.subjects) else ""
+        return "; ".join(f"{s.text} {' '.join(map(str, s.positions))}" for s in self.subjects) + auto
+
+
+def _status(result: ImageResult) -> str:
+    if result.cancelled:
+        return f"interrupted after {result.steps} steps"
+    rounds = f"{result.rounds} round{'s' if result.rounds != 1 else ''}" + (" + fallback" if result.fallback else "")
+    reached = "valid" if result.valid else "not valid"
+    return f"{reached}, {rounds}, {result.steps} steps"
+
+
+class InitNOJob:
+    def __init__(self, args: ScriptArgs):
+        self.args = args
+        self.outcomes: dict[int, ImageOutcome] = {}
+
+    # -- infotext --------------------------------------------------------------------------------------
+
+    def write_infotext(self, p) -> None:
+        """Every parameter now; the per-image outcome as callables the host evaluates per image."""
+        p.extra_generation_params["InitNO"] = self._per_image(lambda o: o.status)
+        p.extra_generation_params.update(self.args.infotext())
+        p.extra_generation_params["InitNO tokens"] = self._per_image(lambda o: o.tokens)
+        p.extra_generation_params["InitNO scores"] = self._per_image(lambda o: o.scores)
+
+    def _per_image(self, read):
+        def value(p, index, **kwargs):
+            # The host passes the index within the batch (create_infotext's `index`).
+            outcome = self.outcomes.get(p.iteration * p.batch_size + index)
+            return read(outcome) if outcome is not None else None
+
+        return value
+
+    # -- the sampling hook -----------------------------------------------------------------------------
+
+    def run_batch(self, p, x: torch.Tensor) -> None:
+        """Replaces the batch's initial noise `x` (B, C, H, W) in place with the optimised noise."""
+        first = p.iteration * p.batch_size
+        indices = [first + i for i in range(x.shape[0])]
+        try:
+            self._run_batch(p, x, first)
+        except host.Unsupported as error:
+            self._skip(p, indices, str(error))
+        except torch.cuda.OutOfMemoryError:
+            self._skip(p, indices, "out of memory; try a smaller image, fewer subjects or --medvram")
+        except FloatingPointError as error:
+            self._skip(p, indices, f"{error}; try --no-half or 'Upcast cross attention layer to float32'")
+        except Exception as error:  # the WebUI never fails because of InitNO: the image generates without it
+            traceback.print_exc()
+            self._skip(p, indices, f"internal error: {type(error).__name__}: {error}")
+        finally:
+            shared.state.textinfo = None
+            devices.torch_gc()
+
+    def _run_batch(self, p, x: torch.Tensor, first: int) -> None:
+        denoiser = host.denoiser(p)
+        requests, positions = [], []
+        for i in range(x.shape[0]):
+            index = first + i
+            try:
+                subjects, request = self._request(p, i, x[i])
+            except (SubjectError, ValueError) as error:
+                self._skip(p, [index], str(error))
+                continue
+            self.outcomes[index] = ImageOutcome("pending", subjects)
+            requests.append(request)
+            positions.append(i)
+        if not requests:
+            return
+        progress = _Progress(p, self.args.params, len(requests))
+        with torch.inference_mode(False), torch.enable_grad():
+            results = optimize_noise(denoiser, requests, self.args.params, progress=progress, cancel=_cancelled)
+        for i, result in zip(positions, results):
+            x[i].copy_(result.latent.to(dtype=x.dtype, device=x.device))
+            outcome = self.outcomes[first + i]
+            outcome.result, outcome.status = result, _status(result)
+            print(f"InitNO: image {first + i + 1}: {outcome.status}; {outcome.scores}")
+        # Forge-family hosts sample from `p.modified_noise` when it is set (A1111 ignores it).
+        p.modified_noise = x
+
+    def _request(self, p, i: int, noise: torch.Tensor) -> tuple[list[Subject], ImageRequest]:
+        prompt = host.read_prompt(p, i)
+        subjects = choose_subjects(prompt.tokens, self.args.subjects, prompt.encode)
+        if not subjects:
+            words = ", ".join(w.text for w in prompt.tokens.words())
+            raise SubjectError(f"no subjects found automatically in the prompt ({words}); type them in Subjects")
+        cond = host.image_conditioning(p, i, prompt.part_lengths)
+        request = ImageRequest(noise.detach().clone(), p.seeds[i], cond, [list(s.positions) for s in subjects])
+        return subjects, request
+
+    def _skip(self, p, indices: list[int], reason: str) -> None:
+        for index in indices:
+            previous = self.outcomes.get(index)
+            self.outcomes[index] = ImageOutcome(f"skipped: {reason}", previous.subjects if previous else [])
+        message = f"InitNO skipped: {reason}"
+        print(message)
+        p.comment(message)
+
+
+def _cancelled() -> bool:
+    return bool(shared.state.interrupted or shared.state.skipped)
+
+
+class _Progress:
+    """'InitNO round r/R · step s/S · loss …' in the progress bar while the noise is optimised."""
+
+    def __init__(self, p, params, images: int):
+        self.params = params
+        self.images = images
+        self.total = params.max_rounds * params.steps_per_round + params.fallback_steps
+        self.done = 0
+
+    def __call__(self, image: int, round_index: int, step: int, scores: Scores) -> None:
+        p = self.params
+        self.done += 1
+        if round_index == p.max_rounds:
+            where = f"fallback · step {step + 1}/{p.fallback_steps}"
+        else:
+            where = f"round {round_index + 1}/{p.max_rounds} · step {step + 1}/{p.steps_per_round}"
+        which = f" image {image + 1}/{self.images} ·" if self.images > 1 else ""
+        state = shared.state
+        state.textinfo = (
+            f"InitNO{which} {where} · loss {scores.joint:.3f} (cross {scores.cross:.3f}, self {scores.conflict:.3f})"
+        )
+        state.sampling_steps = self.total * self.images
+        state.sampling_step = min(self.done, state.sampling_steps)
+
+
+def job_of(p) -> InitNOJob | None:
+    return getattr(p, ATTRIBUTE, None)
+
+
+def start_job(p, args: ScriptArgs) -> InitNOJob:
+    job = InitNOJob(args)
+    setattr(p, ATTRIBUTE, job)
+    job.write_infotext(p)
+    return job

@@ -1,0 +1,105 @@
+"""The InitNO controls, their Settings-page defaults and their infotext paste fields, all built from
+`args.ARGS`."""
+
+from __future__ import annotations
+
+import gradio as gr
+from modules import shared
+from modules.ui_components import InputAccordion
+
+from .args import ARGS, BY_NAME, Arg
+
+SETTINGS_SECTION = ("initno", "InitNO")
+DEFAULTABLE = [arg for arg in ARGS if arg.name not in ("enabled", "subjects")]
+
+
+def setting_key(arg: Arg) -> str:
+    return f"initno_default_{arg.name}"
+
+
+def setting_defaults() -> dict:
+    """The defaults chosen on the Settings page (the official values until changed)."""
+    return {arg.name: getattr(shared.opts, setting_key(arg), arg.default) for arg in DEFAULTABLE}
+
+
+def register_settings() -> None:
+    for arg in DEFAULTABLE:
+        if arg.kind is bool:
+            component, component_args = gr.Checkbox, {}
+        elif arg.step is not None:
+            component = gr.Slider
+            component_args = {"minimum": arg.minimum, "maximum": arg.maximum, "step": arg.step}
+        else:
+            component, component_args = gr.Number, {}
+        option = shared.OptionInfo(
+            arg.default, f"Default {arg.label.lower()}", component, component_args, section=SETTINGS_SECTION
+        )
+        shared.opts.add_option(setting_key(arg), option.info(arg.help) if arg.help else option)
+
+
+def _control(arg: Arg, value, elem_id: str, visible: bool = True):
+    common = {"label": arg.label, "value": value, "elem_id": elem_id, "visible": visible}
+    if arg.kind is bool:
+        return gr.Checkbox(**common)
+    if arg.kind is str:
+        return gr.Textbox(**common, placeholder="cat, dog — empty: nouns chosen automatically", lines=1)
+    if arg.step is not None:
+        return gr.Slider(minimum=arg.minimum, maximum=arg.maximum, step=arg.step, **common)
+    return gr.Number(precision=0 if arg.kind is int else None, **common)
+
+
+def accordion(tabname: str) -> tuple[list, list]:
+    """The visible controls (in `ARGS` order) and their paste fields."""
+    defaults = setting_defaults()
+    prefix = f"initno_{tabname}"
+    controls: dict[str, object] = {}
+    with InputAccordion(False, label="InitNO", elem_id=prefix) as enabled:
+        controls["enabled"] = enabled
+        controls["subjects"] = _control(BY_NAME["subjects"], "", f"{prefix}_subjects")
+        gr.HTML(elem_id=f"{prefix}_tokens", elem_classes=["initno-tokens"])
+        with gr.Row():
+            for name in ("max_rounds", "steps_per_round", "fallback_steps"):
+                controls[name] = _control(BY_NAME[name], defaults[name], f"{prefix}_{name}")
+        with gr.Row():
+            for name in ("cross_threshold", "conflict_threshold"):
+                controls[name] = _control(BY_NAME[name], defaults[name], f"{prefix}_{name}")
+        controls["diagnostics"] = _control(BY_NAME["diagnostics"], False, f"{prefix}_diagnostics")
+        with gr.Accordion("Advanced", open=False):
+            for arg in ARGS:
+                if arg.advanced:
+                    controls[arg.name] = _control(arg, defaults[arg.name], f"{prefix}_{arg.name}")
+    ordered = [controls[arg.name] for arg in ARGS]
+    return ordered, paste_fields(ordered)
+
+
+def hidden(tabname: str) -> list:
+    """The same arguments as hidden controls, for the Script-dropdown entry: they carry `script_args` in
+    the API; in the UI that entry uses the accordion's values."""
+    defaults = setting_defaults()
+    gr.Markdown("InitNO runs with the settings of the **InitNO** section above (it is switched on for you).")
+    values = {"enabled": True, "subjects": "", **defaults}
+    return [_control(arg, values[arg.name], f"initno_dropdown_{tabname}_{arg.name}", visible=False) for arg in ARGS]
+
+
+def paste_fields(controls: list) -> list:
+    """(control, infotext key or function) pairs: pasting an infotext without InitNO switches it off."""
+    fields = []
+    for arg, control in zip(ARGS, controls):
+        if arg.name == "enabled":
+            fields.append((control, lambda params: "InitNO" in params))
+        elif arg.name in ("subjects", "diagnostics"):
+            fields.append((control, _when_initno(arg)))
+        else:
+            fields.append((control, arg.infotext))
+    return fields
+
+
+def _when_initno(arg: Arg):
+    """Keys left out of the infotext when at their default: restore the default if InitNO is there."""
+
+    def read(params):
+        if "InitNO" not in params:
+            return None
+        return arg.convert(params[arg.infotext]) if arg.infotext in params else arg.default
+
+    return read

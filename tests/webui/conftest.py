@@ -1,0 +1,109 @@
+"""The extension loaded into the A1111 stand-in (tests/host), as the WebUI loads it: the script file
+through the host's loader, the callbacks run, the txt2img UI built, the API app started."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+HOST = REPO / "tests" / "host"
+sys.path.insert(0, str(HOST))
+
+from fastapi.testclient import TestClient  # noqa: E402
+from modules import (  # noqa: E402
+    devices,
+    errors,
+    processing,
+    script_callbacks,
+    scripts,
+    sd_unet,
+    shared,
+)
+from modules.api import api  # noqa: E402
+from modules.sd_models import StandInSD1Model  # noqa: E402
+
+from initno.tiny import build_unet  # noqa: E402
+
+
+@dataclass
+class WebUI:
+    runner: scripts.ScriptRunner
+    client: TestClient
+    model: StandInSD1Model
+
+    @property
+    def always_on(self):
+        return next(s for s in self.runner.alwayson_scripts if s.title() == "InitNO")
+
+    @property
+    def dropdown(self):
+        return next(s for s in self.runner.selectable_scripts if s.title() == "InitNO")
+
+    def ui_args(self, initno: dict | None = None, dropdown: bool = False) -> list:
+        """What the txt2img button sends: every control's value, InitNO's set from `initno` by name."""
+        values = [control.value if control is not None else 0 for control in self.runner.inputs]
+        values[0] = 0
+        script = self.always_on
+        from initno.webui.args import ARGS
+
+        for offset, arg in enumerate(ARGS):
+            if initno and arg.name in initno:
+                values[script.args_from + offset] = initno[arg.name]
+        if dropdown:
+            values[0] = self.runner.selectable_scripts.index(self.dropdown) + 1
+        return values
+
+    def txt2img(self, initno: dict | None = None, dropdown: bool = False, **kwargs) -> processing.Processed:
+        """The UI path (modules/txt2img.py): the dropdown's run() if a script is selected, else process_images."""
+        p = processing.StableDiffusionProcessingTxt2Img(**{"prompt": "a cat and a dog", "seed": 1, **kwargs})
+        p.scripts = self.runner
+        p.script_args = tuple(self.ui_args(initno, dropdown))
+        shared.state.begin()
+        try:
+            processed = self.runner.run(p, *p.script_args)
+            return processed if processed is not None else processing.process_images(p)
+        finally:
+            shared.state.end()
+
+
+@pytest.fixture(scope="session")
+def webui() -> WebUI:
+    model = StandInSD1Model(build_unet(seed=0))
+    shared.sd_model = model
+    scripts.load_scripts([str(HOST / "scripts" / "xyz_grid.py"), str(REPO / "scripts" / "initno.py")])
+    script_callbacks.ui_settings_callback()
+    script_callbacks.before_ui_callback()
+    runner = scripts.ScriptRunner()
+    runner.initialize_scripts(is_img2img=False)
+    with gr.Blocks():
+        runner.setup_ui()
+    scripts.scripts_txt2img = runner
+    app = api.create_app()
+    script_callbacks.app_started_callback(None, app)
+    return WebUI(runner, TestClient(app), model)
+
+
+@pytest.fixture(autouse=True)
+def clean_host_state(webui):
+    """Each test starts from the host's defaults and leaves nothing behind."""
+    yield
+    shared.state.begin()
+    shared.state.end()
+    sd_unet.current_unet = None
+    shared.loaded_hypernetworks.clear()
+    devices.dtype = devices.dtype_unet = torch.float32
+    errors.reported.clear()
+
+
+def assert_no_hooks_left(model: StandInSD1Model) -> None:
+    unet = model.model.diffusion_model
+    assert all("forward" not in m.__dict__ for m in unet.modules()), "an instance forward was left behind"
+    assert all(not m._forward_pre_hooks and not m._forward_hooks for m in unet.modules()), "a hook was left behind"
+    assert all(p.requires_grad for p in unet.parameters()), "parameter flags not restored"
+    assert all(p.grad is None for p in unet.parameters()), "a parameter got a gradient"
