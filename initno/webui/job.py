@@ -12,8 +12,9 @@ import traceback
 from dataclasses import dataclass, field
 
 import torch
-from modules import devices, shared
+from modules import devices, images, shared
 
+from ..diagnostics import diagnostic_image
 from ..optimize import ImageRequest, ImageResult, optimize_noise
 from ..scores import Scores
 from ..subjects import Subject, SubjectError, choose_subjects
@@ -135,6 +136,41 @@ class InitNOJob:
         cond = host.image_conditioning(p, i, prompt.part_lengths)
         request = ImageRequest(noise.detach().clone(), p.seeds[i], cond, [list(s.positions) for s in subjects])
         return subjects, request
+
+    # -- diagnostics -------------------------------------------------------------------------------
+
+    def add_diagnostics(self, p, processed) -> None:
+        """Appends one diagnostic image per optimised image after the generated ones (UI gallery and API
+        response), saves each like the generated images, and lists their indices in `info`."""
+        if not self.args.diagnostics:
+            return
+        added = []
+        for index in sorted(self.outcomes):
+            outcome = self.outcomes[index]
+            labels = [s.text for s in outcome.subjects]
+            image = diagnostic_image(outcome.result, labels, self.args.params) if outcome.result else None
+            if image is None:
+                continue
+            seed = p.all_seeds[index]
+            text = f"InitNO diagnostics for image {index + 1} (seed {seed}): {outcome.status}; {outcome.scores}"
+            image.info["parameters"] = text
+            added.append(len(processed.images))
+            processed.images.append(image)
+            processed.infotexts.append(text)
+            if p.save_samples():
+                images.save_image(
+                    image,
+                    p.outpath_samples,
+                    "",
+                    p.all_seeds[index],
+                    p.all_prompts[index],
+                    shared.opts.samples_format,
+                    info=text,
+                    p=p,
+                    suffix="-initno",
+                )
+        if added:
+            processed.extra_generation_params["InitNO diagnostic images"] = ", ".join(map(str, added))
 
     def _skip(self, p, indices: list[int], reason: str) -> None:
         for index in indices:

@@ -81,6 +81,11 @@ class InitNOAlwaysOn(scripts.Script):
             return  # off, or the hires second pass: InitNO only shapes the first pass's pure noise
         job.run_batch(p, kwargs["x"])
 
+    def postprocess(self, p, processed, *args):
+        job = job_of(p)
+        if job is not None:
+            job.add_diagnostics(p, processed)
+
 
 class InitNODropdown(scripts.Script):
     def title(self):

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from modules import devices, extra_networks, infotext_utils, prompt_parser, rng, scripts, sd_samplers, shared
 from modules.sd_hijack import model_hijack
-from modules.shared import state
+from modules.shared import opts, state
 from PIL import Image
 
 opt_C = 4
@@ -56,6 +56,7 @@ class StableDiffusionProcessing:
         self.styles = styles or []
         self.override_settings = override_settings or {}
         self.do_not_save_samples = do_not_save_samples
+        self.outpath_samples = "outputs/txt2img-images"
         self.extra_generation_params = {}
         self.comments = {}
         self.scripts = None
@@ -99,6 +100,9 @@ class StableDiffusionProcessing:
         self.firstpass_steps = total_steps
         self.uc = prompt_parser.get_learned_conditioning(shared.sd_model, negative, total_steps)
         self.c = prompt_parser.get_multicond_learned_conditioning(shared.sd_model, prompts, total_steps)
+
+    def save_samples(self) -> bool:
+        return opts.samples_save and not self.do_not_save_samples and not (state.interrupted or state.skipped)
 
     def get_token_merging_ratio(self, for_hr=False):
         return 0

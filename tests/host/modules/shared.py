@@ -102,6 +102,7 @@ opts = Options(
         "infotext_skip_pasting": OptionInfo([]),
         "return_grid": OptionInfo(True),
         "samples_save": OptionInfo(True),
+        "samples_format": OptionInfo("png"),
         "save_images_add_number": OptionInfo(True),
         "disable_extra_networks": OptionInfo(False),
     }
