@@ -194,11 +194,3 @@ class ScriptArgs:
         values[BY_NAME["diagnostics"].infotext] = True if self.diagnostics else None
         return values
 
-
-def from_infotext(params: Mapping[str, str]) -> dict[str, Any]:
-    """Named arguments from parsed infotext; InitNO off when the infotext has no InitNO entry."""
-    named: dict[str, Any] = {"enabled": "InitNO" in params}
-    for arg in ARGS:
-        if arg.name != "enabled" and arg.infotext in params:
-            named[arg.name] = arg.convert(params[arg.infotext])
-    return named
