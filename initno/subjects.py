@@ -40,6 +40,7 @@ class Token:
 class Word:
     text: str
     positions: tuple[int, ...]
+    embedding: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,10 +64,16 @@ class PromptTokens:
                 if pending:
                     words.append(_word(pending))
                     pending = []
-                if words and words[-1].text == token.embedding and words[-1].positions[-1] == token.position - 1:
-                    words[-1] = Word(token.embedding, (*words[-1].positions, token.position))
+                last = words[-1] if words else None
+                if (
+                    last
+                    and last.embedding
+                    and last.text == token.embedding
+                    and last.positions[-1] == token.position - 1
+                ):
+                    words[-1] = Word(token.embedding, (*last.positions, token.position), embedding=True)
                 else:
-                    words.append(Word(token.embedding, (token.position,)))
+                    words.append(Word(token.embedding, (token.position,), embedding=True))
                 continue
             pending.append(token)
             if token.word_end:
@@ -81,9 +88,11 @@ class PromptTokens:
 
 
 def report(prompt: PromptTokens, subjects: Sequence[Subject]) -> dict:
-    """The JSON shape of `python -m initno tokens` and of the WebUI route `/initno/v1/tokens`."""
+    """The JSON shape of `python -m initno tokens` and of the WebUI route `/initno/v1/tokens`: the tokens,
+    the words they form (what the token view shows) and the subjects."""
     return {
         "tokens": prompt.as_json(),
+        "words": [{"text": w.text, "positions": list(w.positions), "embedding": w.embedding} for w in prompt.words()],
         "subjects": [{"text": s.text, "positions": list(s.positions), "auto": s.auto} for s in subjects],
         "context_length": prompt.context_length,
     }

@@ -1,9 +1,9 @@
 // InitNO: a live view of the txt2img prompt's tokens under the "Subjects" box.
 //
 // Each word shows its text and first context position; the subjects are highlighted (automatic ones
-// differently); clicking a word adds it to, or removes it from, the subjects box. The tokens come from
-// the extension's route POST /initno/v1/tokens: {prompt, subjects} -> ReadPrompt.as_json(), or 422
-// {detail} when a subject is not in the prompt.
+// differently); clicking a word adds it to, or removes it from, the subjects box. The words come from
+// the extension's route POST /initno/v1/tokens: {prompt, subjects} -> {tokens, words, subjects} (see
+// initno.subjects.report), or 422 {detail} when a subject is not in the prompt.
 (() => {
     "use strict";
 
@@ -28,35 +28,6 @@
         return view && (view.querySelector(".prose") || view);
     }
 
-    // Tokens -> words, as PromptTokens.words() does: consecutive tokens up to one with word_end; consecutive
-    // slots of one textual-inversion embedding form one word named after it.
-    function wordsOf(tokens) {
-        const words = [];
-        let pending = [];
-        const flush = () => {
-            if (pending.length) {
-                words.push({text: pending.map((t) => t.text).join(""), positions: pending.map((t) => t.position)});
-            }
-            pending = [];
-        };
-        for (const token of tokens) {
-            if (token.embedding !== null && token.embedding !== undefined) {
-                flush();
-                const last = words[words.length - 1];
-                if (last && last.embedding === token.embedding && last.positions.at(-1) === token.position - 1) {
-                    last.positions.push(token.position);
-                } else {
-                    words.push({text: token.embedding, positions: [token.position], embedding: token.embedding});
-                }
-                continue;
-            }
-            pending.push(token);
-            if (token.word_end) flush();
-        }
-        flush();
-        return words;
-    }
-
     function render(children) {
         const view = viewElement();
         if (!view) return;
@@ -67,7 +38,7 @@
     }
 
     function renderWords(data) {
-        const words = wordsOf(data.tokens);
+        const words = data.words; // grouped by the server (PromptTokens.words), one concept in one place
         const owner = new Map();
         for (const subject of data.subjects) for (const p of subject.positions) owner.set(p, subject);
         shown = {words, subjects: data.subjects};
@@ -192,7 +163,6 @@
 
     window.initnoTokenView = {
         refresh,
-        wordsOf,
         get busy() { // a request in flight or waiting for the debounce (used by the tests)
             return inflight > 0 || timer !== null;
         },

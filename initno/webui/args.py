@@ -193,4 +193,3 @@ class ScriptArgs:
         values[BY_NAME["subjects"].infotext] = self.subjects or None
         values[BY_NAME["diagnostics"].infotext] = True if self.diagnostics else None
         return values
-

@@ -63,7 +63,7 @@ def accordion(tabname: str) -> tuple[list, list]:
         with gr.Row():
             for name in ("cross_threshold", "conflict_threshold"):
                 controls[name] = _control(BY_NAME[name], defaults[name], f"{prefix}_{name}")
-        controls["diagnostics"] = _control(BY_NAME["diagnostics"], False, f"{prefix}_diagnostics")
+        controls["diagnostics"] = _control(BY_NAME["diagnostics"], defaults["diagnostics"], f"{prefix}_diagnostics")
         with gr.Accordion("Advanced", open=False):
             for arg in ARGS:
                 if arg.advanced:
