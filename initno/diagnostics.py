@@ -311,26 +311,18 @@ def _draw_overlay(ax, snapshot: AttentionSnapshot | None, state: str, scores: Sc
     width = self_maps.shape[-1]
     for i, peak in enumerate(snapshot.peaks.tolist()):
         row, col = divmod(int(peak), width)
-        ax.plot(
-            [col],
-            [row],
-            marker="o",
-            markersize=style.marker * 0.8,
-            markerfacecolor="none",
-            linestyle="none",
-            markeredgecolor="black",
-            markeredgewidth=3.2,
-        )
-        ax.plot(
-            [col],
-            [row],
-            marker="o",
-            markersize=style.marker * 0.8,
-            markerfacecolor="none",
-            linestyle="none",
-            markeredgecolor=SUBJECT_COLOURS[i % len(SUBJECT_COLOURS)],
-            markeredgewidth=1.6,
-        )
+        # A ring in the subject's colour on a wider black one, visible on any background.
+        for edge, edge_width in (("black", 3.2), (SUBJECT_COLOURS[i % len(SUBJECT_COLOURS)], 1.6)):
+            ax.plot(
+                [col],
+                [row],
+                marker="o",
+                markersize=style.marker * 0.8,
+                markerfacecolor="none",
+                linestyle="none",
+                markeredgecolor=edge,
+                markeredgewidth=edge_width,
+            )
     if self_maps.shape[0] < 2:
         notes = ["one subject: no overlap", "one subject", ""]
     elif scores is None:
