@@ -66,6 +66,9 @@ def hypernetwork_transform():
 
 def denoiser(p) -> Denoiser:
     model = p.sd_model
+    if getattr(p, "get_token_merging_ratio", lambda: 0)() > 0:
+        # ToMe merges the tokens the attention maps are made of: the maps would no longer be a grid.
+        raise Unsupported("token merging is on; set Settings → Optimizations → Token merging ratio to 0")
     return Denoiser(
         unet=unet_of(model),
         apply=model.apply_model,

@@ -320,6 +320,7 @@ def test_reduced_precision_host(webui):
         ("no_subjects", "no subjects found automatically"),
         ("out_of_memory", "out of memory"),
         ("nan", "NaN or inf"),
+        ("token_merging", "token merging is on"),
     ],
 )
 def test_faults_skip_initno_with_a_clear_message(webui, monkeypatch, fault, message):
@@ -341,6 +342,10 @@ def test_faults_skip_initno_with_a_clear_message(webui, monkeypatch, fault, mess
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
         monkeypatch.setattr(job_module, "optimize_noise", oom)
+    elif fault == "token_merging":
+        monkeypatch.setattr(
+            processing.StableDiffusionProcessing, "get_token_merging_ratio", lambda self, for_hr=False: 0.5
+        )
     elif fault == "nan":
         real_apply = webui.model.apply_model
 
