@@ -52,10 +52,18 @@ class ImageOutcome:
 
 def _status(result: ImageResult) -> str:
     if result.cancelled:
-        return f"interrupted after {result.steps} steps"
+        return f"interrupted after {result.steps} step{'s' if result.steps != 1 else ''}"
     rounds = f"{result.rounds} round{'s' if result.rounds != 1 else ''}" + (" + fallback" if result.fallback else "")
     reached = "valid" if result.valid else "not valid"
     return f"{reached}, {rounds}, {result.steps} steps"
+
+
+OUTCOME_KEYS = {
+    "InitNO": lambda outcome: outcome.status,
+    "InitNO tokens": lambda outcome: outcome.tokens,
+    "InitNO scores": lambda outcome: outcome.scores,
+}
+"""The per-image infotext entries and how each is read from an image's outcome."""
 
 
 class InitNOJob:
@@ -67,10 +75,11 @@ class InitNOJob:
 
     def write_infotext(self, p) -> None:
         """Every parameter now; the per-image outcome as callables the host evaluates per image."""
-        p.extra_generation_params["InitNO"] = self._per_image(lambda o: o.status)
-        p.extra_generation_params.update(self.args.infotext())
-        p.extra_generation_params["InitNO tokens"] = self._per_image(lambda o: o.tokens)
-        p.extra_generation_params["InitNO scores"] = self._per_image(lambda o: o.scores)
+        params = own_generation_params(p)
+        params["InitNO"] = self._per_image(OUTCOME_KEYS["InitNO"])
+        params.update(self.args.infotext())
+        for key in ("InitNO tokens", "InitNO scores"):
+            params[key] = self._per_image(OUTCOME_KEYS[key])
 
     def _per_image(self, read):
         def value(p, index, **kwargs):
@@ -79,6 +88,16 @@ class InitNOJob:
             return read(outcome) if outcome is not None else None
 
         return value
+
+    def finish(self, p, processed) -> None:
+        """After the last batch: the outcomes as per-image lists (indexed like `all_seeds`), so that the
+        API's `info` shows them (callables serialise as null) and later infotexts still find them."""
+        count = len(p.all_prompts)
+        for key, read in OUTCOME_KEYS.items():
+            processed.extra_generation_params[key] = [
+                read(self.outcomes[i]) if i in self.outcomes else None for i in range(count)
+            ]
+        self.add_diagnostics(p, processed)
 
     # -- the sampling hook -----------------------------------------------------------------------------
 
@@ -176,9 +195,7 @@ class InitNOJob:
         for index in indices:
             previous = self.outcomes.get(index)
             self.outcomes[index] = ImageOutcome(f"skipped: {reason}", previous.subjects if previous else [])
-        message = f"InitNO skipped: {reason}"
-        print(message)
-        p.comment(message)
+        comment(p, f"InitNO skipped: {reason}")
 
 
 def _cancelled() -> bool:
@@ -208,6 +225,23 @@ class _Progress:
         )
         state.sampling_steps = self.total * self.images
         state.sampling_step = min(self.done, state.sampling_steps)
+
+
+def own_generation_params(p) -> dict:
+    """`p.extra_generation_params`, first copied if still shared: X/Y/Z cells are shallow copies of one
+    `p`, and what one cell writes must not show up in the others' infotexts."""
+    if getattr(p, "_initno_params_owner", None) is not p:
+        p.extra_generation_params = dict(p.extra_generation_params)
+        p.comments = dict(p.comments)
+        p._initno_params_owner = p
+    return p.extra_generation_params
+
+
+def comment(p, message: str) -> None:
+    """A message for the console and for the text under the gallery."""
+    print(message)
+    own_generation_params(p)
+    p.comment(message)
 
 
 def job_of(p) -> InitNOJob | None:

@@ -17,7 +17,7 @@ from modules import processing, scripts
 
 from . import ui, xyz
 from .args import ArgumentError, ScriptArgs
-from .job import job_of, start_job
+from .job import comment, job_of, own_generation_params, start_job
 
 TITLE = "InitNO"
 HOST_SUPPORTED = hasattr(scripts.Script, "process_before_every_sampling")
@@ -41,10 +41,9 @@ def _resolve(p, values) -> ScriptArgs | None:
         args = ScriptArgs.from_script_args(values, ui.setting_defaults())
         return args.replace(**overrides) if overrides else args
     except ArgumentError as error:
-        message = f"InitNO skipped: {error}"
-        print(message)
-        p.comment(message)
-        p.extra_generation_params["InitNO"] = f"skipped: {error}"
+        reason = str(error).removeprefix("InitNO ")
+        comment(p, f"InitNO skipped: {reason}")
+        own_generation_params(p)["InitNO"] = f"skipped: {reason}"
         return None
 
 
@@ -84,7 +83,7 @@ class InitNOAlwaysOn(scripts.Script):
     def postprocess(self, p, processed, *args):
         job = job_of(p)
         if job is not None:
-            job.add_diagnostics(p, processed)
+            job.finish(p, processed)
 
 
 class InitNODropdown(scripts.Script):

@@ -32,9 +32,11 @@ def register_settings() -> None:
         else:
             component, component_args = gr.Number, {}
         option = shared.OptionInfo(
-            arg.default, f"Default {arg.label.lower()}", component, component_args, section=SETTINGS_SECTION
+            arg.default, f"{arg.label} (default)", component, component_args, section=SETTINGS_SECTION
         )
-        shared.opts.add_option(setting_key(arg), option.info(arg.help) if arg.help else option)
+        # The controls take these defaults when the UI is built: a UI reload applies a change.
+        option = option.info(arg.help) if arg.help else option
+        shared.opts.add_option(setting_key(arg), option.needs_reload_ui())
 
 
 def _control(arg: Arg, value, elem_id: str, visible: bool = True):

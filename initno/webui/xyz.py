@@ -34,11 +34,12 @@ def add_axes() -> None:
     module = next((d.module for d in scripts.scripts_data if d.script_class.__module__ == "xyz_grid.py"), None)
     if module is None or any(option.label.startswith(PREFIX) for option in module.axis_options):
         return
+    axis_option = getattr(module, "AxisOptionTxt2Img", module.AxisOption)  # InitNO is txt2img only
     for arg in ARGS:
         if not arg.xyz:
             continue
         module.axis_options.append(
-            module.AxisOption(
+            axis_option(
                 f"{PREFIX} {arg.label}",
                 str if arg.kind in (bool, str) else arg.kind,
                 partial(_apply, arg=arg),

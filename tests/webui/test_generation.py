@@ -101,6 +101,7 @@ def test_api_alwayson_positional_and_named_give_the_same_image(webui, monkeypatc
         assert response.status_code == 200, response.text
         info = json.loads(response.json()["info"])
         assert info["infotexts"][0].count("InitNO tokens: cat 2; dog 5") == 1
+        assert info["extra_generation_params"]["InitNO tokens"] == ["cat 2; dog 5"]
         images.append(response.json()["images"][0])
     assert len(set(images)) == 1
 
@@ -119,7 +120,7 @@ def test_api_rejects_bad_arguments_naming_them(webui):
     response = post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"initno": {"args": [{"max_rounds": "x"}]}}})
     assert response.status_code == 200
     info = json.loads(response.json()["info"])
-    assert "InitNO: \"skipped: InitNO argument 'max_rounds' must be int, got 'x'\"" in info["infotexts"][0]
+    assert "InitNO: \"skipped: argument 'max_rounds' must be int, got 'x'\"" in info["infotexts"][0]
 
 
 def test_hires_second_pass_is_left_alone(webui, monkeypatch):
@@ -190,6 +191,7 @@ def test_interrupt_stops_within_one_step(webui, monkeypatch):
     assert len(passes) == 3
     assert len(processed.images) == 1  # as without InitNO: the interrupted sampler returns its latent
     assert _params(processed)["InitNO"] == "interrupted after 3 steps"
+    assert json.loads(processed.js())["extra_generation_params"]["InitNO"] == ["interrupted after 3 steps"]
     assert_no_hooks_left(webui.model)
 
 
@@ -254,9 +256,13 @@ def test_xyz_axes_apply_to_their_cell(webui, monkeypatch):
         ],
     )
     assert spy.calls[0][2].max_rounds == 1
-    xyz.make_cell(p, [(options["[InitNO] Enable InitNO"], "False", ["False", "True"])])
+    off = xyz.make_cell(p, [(options["[InitNO] Enable InitNO"], "False", ["False", "True"])])
     assert len(spy.calls) == 1
+    assert "InitNO" not in off.infotexts[0]  # nothing of the first cell's InitNO leaks into the second
+    assert not off.comments
     assert not hasattr(p, "_initno_xyz")  # the cells' overrides never reach the original p
+    assert "InitNO" not in p.extra_generation_params
+    assert all(isinstance(o, xyz.AxisOptionTxt2Img) for o in options.values())  # not offered in img2img
     with pytest.raises(ValueError, match="'max_rounds' must be between 1 and 20"):
         options["[InitNO] Max rounds"].confirm(p, [1, 50])
 
