@@ -206,3 +206,25 @@ def test_sgm_style_keyword_arguments():
         capture.run(unet, torch.randn(1, 8, 8, 8), torch.randn(1, 77, 6))
         assert capture.cross_attention().shape == (1, 2, 2, 77)
     assert _patched_names(unet) == set()
+
+
+def test_the_hosts_attention_optimisation_keeps_running_outside_the_captured_layers(tiny_unet, cat_and_dog):
+    """A1111 installs its cross-attention optimisation (sdp, xformers, Doggettx, ...) on the class."""
+    attention_class = type(tiny_unet.input_blocks[7][1].transformer_blocks[0].attn1)
+    original = attention_class.forward
+    calls = []
+
+    def optimised(self, x, context=None, mask=None, **kwargs):
+        calls.append(self)
+        return original(self, x, context=context, mask=mask)
+
+    attention_class.forward = optimised
+    try:
+        with AttentionCapture(tiny_unet, stop_early=False) as capture, torch.no_grad():
+            capture.run(_run, tiny_unet, torch.randn(1, 4, 16, 16), cat_and_dog)
+    finally:
+        attention_class.forward = original
+    names = {module: name for name, module in tiny_unet.named_modules()}
+    called = {names[module] for module in calls}
+    every = {name for name, module in tiny_unet.named_modules() if isinstance(module, attention_class)}
+    assert called == every - CAPTURED_AT_16

@@ -4,6 +4,7 @@ host tokenises it, and each image's conditioning at the first step."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -117,7 +118,7 @@ class ImagePrompt:
 
     tokens: PromptTokens
     part_lengths: tuple[int, ...]
-    encode: object
+    encode: Callable[[str], list[int]]
 
 
 def read_prompt(p, index: int) -> ImagePrompt:

@@ -135,7 +135,7 @@ class InitNOJob:
             positions.append(i)
         if not requests:
             return
-        progress = _Progress(p, self.args.params, len(requests))
+        progress = _Progress(self.args.params, len(requests))
         with torch.inference_mode(False), torch.enable_grad():
             results = optimize_noise(denoiser, requests, self.args.params, progress=progress, cancel=_cancelled)
         for i, result in zip(positions, results):
@@ -181,7 +181,7 @@ class InitNOJob:
                     image,
                     p.outpath_samples,
                     "",
-                    p.all_seeds[index],
+                    seed,
                     p.all_prompts[index],
                     shared.opts.samples_format,
                     info=text,
@@ -205,9 +205,9 @@ def _cancelled() -> bool:
 class _Progress:
     """'InitNO round r/R · step s/S · loss …' in the progress bar while the noise is optimised."""
 
-    def __init__(self, p, params, images: int):
+    def __init__(self, params, image_count: int):
         self.params = params
-        self.images = images
+        self.image_count = image_count
         self.total = params.max_rounds * params.steps_per_round + params.fallback_steps
         self.done = 0
 
@@ -218,12 +218,12 @@ class _Progress:
             where = f"fallback · step {step + 1}/{p.fallback_steps}"
         else:
             where = f"round {round_index + 1}/{p.max_rounds} · step {step + 1}/{p.steps_per_round}"
-        which = f" image {image + 1}/{self.images} ·" if self.images > 1 else ""
+        which = f" image {image + 1}/{self.image_count} ·" if self.image_count > 1 else ""
         state = shared.state
         state.textinfo = (
             f"InitNO{which} {where} · loss {scores.joint:.3f} (cross {scores.cross:.3f}, self {scores.conflict:.3f})"
         )
-        state.sampling_steps = self.total * self.images
+        state.sampling_steps = self.total * self.image_count
         state.sampling_step = min(self.done, state.sampling_steps)
 
 
