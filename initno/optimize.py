@@ -43,12 +43,14 @@ class Denoiser:
 @dataclass
 class ImageRequest:
     """One image: its initial noise (C, H, W), its seed, its conditioning (batch of 1) and its subjects
-    as lists of context positions (`chunk * 77 + j`)."""
+    as lists of context positions (`chunk * 77 + j`). `softmax_positions`, when given, are the context
+    positions the token softmax runs over (default: every chunk's slots but its first and last)."""
 
     noise: torch.Tensor
     seed: int
     cond: Any
     subjects: Sequence[Sequence[int]]
+    softmax_positions: Sequence[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,7 @@ class _ImageOptimiser:
             self.capture.cross_attention()[0],
             lambda peaks: self.capture.self_attention_rows(peaks)[0],
             self.request.subjects,
+            self.request.softmax_positions,
         )
         self.capture.clear()
         return evaluation

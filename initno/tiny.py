@@ -33,6 +33,15 @@ SD1_UNET = {
 }
 """SD1.x `unet_config` (v1-inference.yaml) with `use_checkpoint=False`, as A1111 loads it."""
 
+SD2_UNET = {
+    **SD1_UNET,
+    "num_heads": -1,
+    "num_head_channels": 64,
+    "use_linear_in_transformer": True,
+    "context_dim": 1024,
+}
+"""SD2.x `unet_config` (v2-inference.yaml and v2-inference-v.yaml: the same UNet; eps or v prediction)."""
+
 TINY_UNET = {
     **SD1_UNET,
     "model_channels": 32,
@@ -41,6 +50,15 @@ TINY_UNET = {
     "context_dim": 32,
 }
 """The SD1 layout in miniature: same levels, same attention placement (5 layers at 1/4 of the latent)."""
+
+TINY_SD2_UNET = {
+    **SD2_UNET,
+    "model_channels": 32,
+    "channel_mult": [1, 2, 2, 2],
+    "num_head_channels": 16,
+    "context_dim": 32,
+}
+"""The SD2 layout in miniature: linear projections in the transformers, heads of a fixed width."""
 
 
 def require_ldm():

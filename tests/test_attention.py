@@ -9,6 +9,7 @@ import torch
 from helpers import CAPTURED_AT_16, instance_forwards
 
 from initno.attention import AttentionCapture, capture_grid
+from initno.tiny import TINY_SD2_UNET, build_unet
 
 T = torch.full((1,), 981.0)
 
@@ -228,3 +229,14 @@ def test_the_hosts_attention_optimisation_keeps_running_outside_the_captured_lay
     called = {names[module] for module in calls}
     every = {name for name, module in tiny_unet.named_modules() if isinstance(module, attention_class)}
     assert called == every - CAPTURED_AT_16
+
+
+@pytest.mark.parametrize(("latent", "grid"), [((96, 96), (24, 24)), ((40, 24), (10, 6))])
+def test_sd2_layout_reads_the_grid_at_a_quarter_of_the_latent(latent, grid):
+    """SD2 at 768×768 (latent 96): the 24×24 layers; and a non-square size."""
+    unet = build_unet(TINY_SD2_UNET, seed=0)
+    with AttentionCapture(unet) as capture, torch.no_grad():
+        capture.run(_run, unet, torch.randn(1, 4, *latent), torch.randn(1, 77, 32))
+        assert capture.cross_attention().shape == (1, *grid, 77)
+        assert capture.self_attention_rows(torch.tensor([0])).shape == (1, 1, *grid)
+        assert _patched_names(unet) == CAPTURED_AT_16

@@ -62,6 +62,15 @@ def test_subject_maps_softmax_over_prompt_tokens_times_100():
     assert maps[0, 1, 1].item() == pytest.approx(1 / 75, rel=1e-5)
 
 
+def test_softmax_over_chosen_positions_only():
+    # SD2: the softmax runs over the prompt's own tokens (here 1..5): uniform zeros give 1/5, not 1/75.
+    cross = torch.zeros(2, 2, 77)
+    maps = subject_token_maps(cross, [[2]], positions=[1, 2, 3, 4, 5])
+    assert maps[0, 0, 0].item() == pytest.approx(1 / 5)
+    with pytest.raises(ValueError, match="not prompt tokens"):
+        subject_token_maps(cross, [[6]], positions=[1, 2, 3, 4, 5])
+
+
 def test_a_subject_of_several_tokens_gets_their_summed_probability():
     cross = torch.zeros(2, 2, 77)
     separate = subject_token_maps(cross, [[3], [4]])

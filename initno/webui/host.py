@@ -140,6 +140,16 @@ def read_prompt_text(model, prompt: str, steps: int) -> ImagePrompt:
     return ImagePrompt(join_prompts(parts), tuple(part.context_length for part in parts), text_model.encode)
 
 
+def softmax_positions(model, prompt: PromptTokens) -> list[int] | None:
+    """Where the token softmax runs. SD1: as the official code (every chunk's slots but the first and
+    last: the prompt, its end token and the padding). SD2: the prompt's own tokens only: its OpenCLIP
+    encoder pads with a token of its own, and Attend-and-Excite found that including the end token and
+    the padding spoils the maps on SD2.1 (its `normalize_eot`)."""
+    if getattr(model, "is_sd2", False):
+        return [token.position for token in prompt.tokens]
+    return None
+
+
 def image_conditioning(p, index: int, part_lengths: tuple[int, ...]):
     """Image `index`'s conditioning at the first step, cond branch only: its AND parts' rows of `p.c`,
     each cut to its own length and joined along the tokens (SDXL: with the first part's pooled vector)."""

@@ -153,7 +153,9 @@ class InitNOJob:
             words = ", ".join(w.text for w in prompt.tokens.words())
             raise SubjectError(f"no subjects found automatically in the prompt ({words}); type them in Subjects")
         cond = host.image_conditioning(p, i, prompt.part_lengths)
-        request = ImageRequest(noise.detach().clone(), p.seeds[i], cond, [list(s.positions) for s in subjects])
+        positions = [list(s.positions) for s in subjects]
+        softmax = host.softmax_positions(p.sd_model, prompt.tokens)
+        request = ImageRequest(noise.detach().clone(), p.seeds[i], cond, positions, softmax)
         return subjects, request
 
     # -- diagnostics -------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
-"""The loaded checkpoint, as the parts of A1111 that the extension reads see it: an SD1
+"""The loaded checkpoint, as the parts of A1111 that the extension reads see it: an SD1 or SD2
 `LatentDiffusion` (ldm/models/diffusion/ddpm.py) as hijacked by modules/sd_hijack.py (text encoder:
-modules/sd_hijack_clip.py `FrozenCLIPEmbedderWithCustomWords`) and modules/sd_hijack_unet.py (the
-`apply_model` wrapper that casts inputs and runs under autocast), with the flags of modules/sd_models.py.
-The UNet is the real ldm `UNetModel` (tiny configuration, random weights)."""
+modules/sd_hijack_clip.py `FrozenCLIPEmbedderWithCustomWords`, modules/sd_hijack_open_clip.py
+`FrozenOpenCLIPEmbedderWithCustomWords` for SD2) and modules/sd_hijack_unet.py (the `apply_model`
+wrapper that casts inputs and runs under autocast), with the flags of modules/sd_models.py. The UNet is
+the real ldm `UNetModel` (tiny configurations of the SD1 and SD2 layouts, random weights)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from torch import nn
 
 from initno.clip_bpe import ClipTokenizer
 from initno.prompt import chunk_prompt, parse_emphasis
-from initno.tiny import TINY_UNET, TinyTextEncoder, build_unet
+from initno.tiny import TINY_SD2_UNET, TINY_UNET, TinyTextEncoder, build_unet
 
 
 class PromptChunk:
@@ -89,7 +90,11 @@ class FrozenCLIPEmbedderWithCustomWords(nn.Module):
         return chunk
 
     def encode_chunk(self, chunk) -> torch.Tensor:
-        z = self.encoder([chunk.tokens])[0].clone()
+        tokens = list(chunk.tokens)
+        if self.id_end != self.id_pad:  # SD2: everything after the end token becomes the pad token
+            end = tokens.index(self.id_end)
+            tokens[end + 1 :] = [self.id_pad] * (len(tokens) - end - 1)
+        z = self.encoder([tokens])[0].clone()
         for fix in chunk.fixes:
             z[fix.offset + 1 : fix.offset + 1 + fix.embedding.vectors] = fix.embedding.vec
         multipliers = torch.tensor(chunk.multipliers)[:, None]
@@ -105,6 +110,14 @@ class FrozenCLIPEmbedderWithCustomWords(nn.Module):
             chunk_batch = [chunks[i] if i < len(chunks) else self.empty_chunk() for chunks in batch_chunks]
             zs.append(torch.stack([self.encode_chunk(chunk) for chunk in chunk_batch]))
         return torch.hstack(zs).to(shared.device)
+
+
+class FrozenOpenCLIPEmbedderWithCustomWords(FrozenCLIPEmbedderWithCustomWords):
+    """SD2's text encoder wrapper: the same BPE vocabulary, but padding with token 0 when encoding."""
+
+    def __init__(self, dim: int):
+        super().__init__(dim)
+        self.id_pad = 0
 
 
 class DiffusionWrapper(nn.Module):
@@ -153,6 +166,14 @@ class StandInSD1Model(nn.Module):
         with devices.autocast():
             result = self.model(x_noisy.to(devices.dtype_unet), t.to(devices.dtype_unet), **cond)
             return result.float() if devices.unet_needs_upcast else result
+
+    @classmethod
+    def sd2(cls, parameterization: str = "eps") -> StandInSD1Model:
+        """An SD2 checkpoint (v2-inference.yaml, or v2-inference-v.yaml with v prediction)."""
+        model = cls(build_unet(TINY_SD2_UNET, seed=0))
+        model.cond_stage_model = FrozenOpenCLIPEmbedderWithCustomWords(TINY_SD2_UNET["context_dim"])
+        model.is_sd1, model.is_sd2, model.parameterization = False, True, parameterization
+        return model
 
     def decode_first_stage(self, z):
         # No VAE: the first three latent channels, upscaled 8×, stand in for the decoded image.

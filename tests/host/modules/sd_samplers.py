@@ -62,6 +62,15 @@ class CompVisDenoiser(torch.nn.Module):
         return x + self.inner_model.apply_model(x * c_in, self.sigma_to_t(sigma), cond) * c_out
 
 
+class CompVisVDenoiser(CompVisDenoiser):
+    """k_diffusion.external.CompVisVDenoiser: the same schedule for v-prediction models."""
+
+    def forward(self, x, sigma, cond):
+        sigma = sigma[:, None, None, None]
+        c_skip, c_out, c_in = 1 / (sigma**2 + 1), -sigma / (sigma**2 + 1) ** 0.5, 1 / (sigma**2 + 1) ** 0.5
+        return x * c_skip + self.inner_model.apply_model(x * c_in, self.sigma_to_t(sigma[:, 0, 0, 0]), cond) * c_out
+
+
 class CFGDenoiser(torch.nn.Module):
     """modules/sd_samplers_cfg_denoiser.py, for txt2img: cond rows per AND part, then uncond."""
 
@@ -132,7 +141,8 @@ def find_sampler_config(name):
 class KDiffusionSampler:
     def __init__(self, funcname, sd_model):
         self.func = SAMPLERS[funcname]
-        self.model_wrap = CompVisDenoiser(sd_model)
+        denoiser = CompVisVDenoiser if sd_model.parameterization == "v" else CompVisDenoiser
+        self.model_wrap = denoiser(sd_model)
         self.model_wrap_cfg = CFGDenoiser(self.model_wrap)
         self.config = find_sampler_config(funcname)
         self.last_latent = None
