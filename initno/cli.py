@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .params import InitNOParams
 from .subjects import SubjectError
@@ -55,8 +56,6 @@ def _demo(args) -> int:
     except ImportError as error:  # matplotlib: in every WebUI install, and in requirements-dev.txt
         print(f"no diagnostic image: {error}", file=sys.stderr)
         return 0
-    from pathlib import Path
-
     diagnostics = render_diagnostics(result, [s.text for s in read.subjects], params)
     if diagnostics is not None:
         output = Path(args.output)
