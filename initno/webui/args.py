@@ -135,10 +135,6 @@ class ScriptArgs:
     diagnostics: bool
 
     @classmethod
-    def defaults(cls, overrides: Mapping[str, Any] | None = None) -> ScriptArgs:
-        return cls.from_named(dict(overrides or {}))
-
-    @classmethod
     def from_script_args(cls, values: Sequence[Any], defaults: Mapping[str, Any] | None = None) -> ScriptArgs:
         """From the script's slice of `p.script_args`: positional, or one dict of named arguments.
 

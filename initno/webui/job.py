@@ -127,7 +127,7 @@ class InitNOJob:
             index = first + i
             try:
                 subjects, request = self._request(p, i, x[i])
-            except (SubjectError, ValueError) as error:
+            except ValueError as error:  # SubjectError among them: this image is skipped, the others run
                 self._skip(p, [index], str(error))
                 continue
             self.outcomes[index] = ImageOutcome("pending", subjects)
