@@ -14,6 +14,11 @@ What is recorded, with its autograd graph:
   materialised as probabilities, by `self_attention_rows`. Mathematically these are the rows of the
   official full maps; the saving matters for large grids (SDXL: 60 layers at 32×32).
 
+With `checkpoint_blocks`, every transformer block runs under non-reentrant activation checkpointing
+while gradients are on: its activations are recomputed in the backward pass instead of being kept
+(the memory of SDXL at 1024², where 66 blocks of 1024–4096 tokens precede the last captured layer).
+The recomputation replays the explicit forward without recording again.
+
 Works on the ldm and the sgm `CrossAttention` (same attributes; sgm passes context as a keyword).
 """
 
@@ -26,6 +31,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 ContextTransform = Callable[[torch.Tensor, nn.Module], tuple[torch.Tensor, torch.Tensor]]
@@ -69,6 +75,7 @@ class AttentionCapture:
         downsample: int = 4,
         context_transform: ContextTransform | None = None,
         stop_early: bool = True,
+        checkpoint_blocks: bool = False,
     ):
         if downsample < 1 or downsample & (downsample - 1):
             raise ValueError(f"downsample must be a power of two, got {downsample}")
@@ -76,6 +83,7 @@ class AttentionCapture:
         self.downsample = downsample
         self.context_transform = context_transform
         self.stop_early = stop_early
+        self.checkpoint_blocks = checkpoint_blocks
         self.grid: tuple[int, int] | None = None
         self.grids_seen: set[tuple[int, int]] = set()
         self._cross: list[torch.Tensor] = []
@@ -85,6 +93,8 @@ class AttentionCapture:
         self._patched: dict[nn.Module, Any] = {}
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._active = False
+        self._block_pass: str | None = None  # inside a checkpointed block: "first" or "replay"
+        self._stop_pending = False
 
     # -- context manager -------------------------------------------------------------------------
 
@@ -99,6 +109,9 @@ class AttentionCapture:
                 raise ValueError(f"{type(self.unet).__name__} has no transformer blocks to capture attention from")
             for container in containers:
                 self._hooks.append(container.register_forward_pre_hook(self._on_container_input))
+                if self.checkpoint_blocks:
+                    for block in container.transformer_blocks:
+                        self._patch(block, self._checkpointed(block.forward))
         except BaseException:
             self._restore()
             raise
@@ -127,6 +140,7 @@ class AttentionCapture:
         self._cross.clear()
         self._self.clear()
         self._calls = 0
+        self._stop_pending = False
 
     def run(self, fn: Callable[..., Any], *args, **kwargs) -> Any:
         """Runs one UNet pass with fresh records. Returns fn's result, or None if stopped early."""
@@ -160,8 +174,36 @@ class AttentionCapture:
             return
         for module in container.modules():
             if is_attention_module(module) and module not in self._patched:
-                self._patched[module] = module.__dict__.get("forward", _NO_FORWARD)
-                module.forward = types.MethodType(self._make_forward(grid), module)
+                self._patch(module, types.MethodType(self._make_forward(grid), module))
+
+    def _patch(self, module: nn.Module, forward: Callable) -> None:
+        self._patched[module] = module.__dict__.get("forward", _NO_FORWARD)
+        module.forward = forward
+
+    # -- activation checkpointing --------------------------------------------------------------------
+
+    def _checkpointed(self, forward: Callable) -> Callable:
+        capture = self
+
+        def checkpointed_forward(x, context=None, **kwargs):
+            if not torch.is_grad_enabled() or capture._block_pass is not None:
+                return forward(x, context=context, **kwargs)
+            passes = iter(("first",))
+
+            def body(x, context):
+                capture._block_pass = next(passes, "replay")
+                try:
+                    return forward(x, context=context, **kwargs)
+                finally:
+                    capture._block_pass = None
+
+            # No random ops run in a block at inference, so there is no RNG state to preserve.
+            out = torch.utils.checkpoint.checkpoint(body, x, context, use_reentrant=False, preserve_rng_state=False)
+            if capture._stop_pending:  # the stop waits until the block is done: see `_attend`
+                raise _ForwardStopped
+            return out
+
+        return checkpointed_forward
 
     # -- the explicit forward ----------------------------------------------------------------------
 
@@ -190,17 +232,24 @@ class AttentionCapture:
         heads = module.heads
         q, k, v = (_split_heads(t, heads) for t in (module.to_q(x), module.to_k(context_k), module.to_v(context_v)))
         scale = getattr(module, "scale", None) or q.shape[-1] ** -0.5
+        record = self._block_pass != "replay"  # a checkpoint's recomputation only rebuilds the graph
         if is_self:
-            self._self.append((q, k, scale))
+            if record:
+                self._self.append((q, k, scale))
             out = F.scaled_dot_product_attention(q, k, v, scale=scale)
         else:
             with torch.autocast(device_type=q.device.type, enabled=False):
                 probs = (torch.bmm(q.float(), k.float().transpose(1, 2)) * scale).softmax(dim=-1)
-            self._cross.append(probs)
+            if record:
+                self._cross.append(probs)
             out = torch.bmm(probs.to(v.dtype), v)
-        self._calls += 1
-        if self.stop_early and self._calls_per_pass is not None and self._calls >= self._calls_per_pass:
-            raise _ForwardStopped
+        if record:
+            self._calls += 1
+            if self.stop_early and self._calls_per_pass is not None and self._calls >= self._calls_per_pass:
+                # Raising inside a checkpointed region would leave its saved-tensor hooks installed.
+                if self._block_pass is None:
+                    raise _ForwardStopped
+                self._stop_pending = True
         return module.to_out(_merge_heads(out, heads))
 
     # -- the maps ----------------------------------------------------------------------------------

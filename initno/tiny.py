@@ -60,6 +60,26 @@ TINY_SD2_UNET = {
 }
 """The SD2 layout in miniature: linear projections in the transformers, heads of a fixed width."""
 
+SDXL_UNET = {
+    **SD2_UNET,
+    "attention_resolutions": [4, 2],
+    "channel_mult": [1, 2, 4],
+    "transformer_depth": [0, 2, 10],
+    "context_dim": 2048,
+    "adm_in_channels": 2816,
+}
+"""SDXL base's `network_config` (sd_xl_base.yaml): no attention at the first level, 2 and 10 transformer
+blocks at the deeper two (10 in the middle), a 2048-wide context (CLIP-L 768 + OpenCLIP-G 1280) and the
+2816-wide `vector` (pooled OpenCLIP-G + six size embeddings) added to the time embedding."""
+
+TINY_SDXL_UNET = {
+    **SDXL_UNET,
+    "model_channels": 32,
+    "num_head_channels": 16,
+    "transformer_depth": [0, 2, 3],
+}
+"""The SDXL layout in miniature: the same levels, stacks deeper at the last level, full-width context."""
+
 
 def require_ldm():
     try:
@@ -73,12 +93,20 @@ def require_ldm():
 
 
 def build_unet(config: dict | None = None, *, seed: int = 0, sharpness: float = 4.0) -> nn.Module:
-    """A random-weight ldm UNet (default: `TINY_UNET`) in eval mode, reproducible from `seed`."""
+    """A random-weight ldm UNet (default: `TINY_UNET`) in eval mode, reproducible from `seed`.
+
+    ldm's `UNetModel` takes one transformer depth for all levels and no `vector`; for the SDXL layout
+    the deeper stacks and sgm's `label_emb` are added here with ldm's own parts (see `_sgm_layout`)."""
     unet_class = require_ldm()
+    config = dict(config or TINY_UNET)
+    depths = config.pop("transformer_depth", 1)
+    vector_width = config.pop("adm_in_channels", None)
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        unet = unet_class(**(config or TINY_UNET))
+        unet = unet_class(**config, transformer_depth=1)
+        if isinstance(depths, list) or vector_width:
+            _sgm_layout(unet, config, depths, vector_width)
         for name, parameter in unet.named_parameters():
             if parameter.dim() > 1 and not parameter.abs().sum():
                 nn.init.normal_(parameter, std=0.02 if "proj_out" in name else 0.05)
@@ -90,6 +118,43 @@ def build_unet(config: dict | None = None, *, seed: int = 0, sharpness: float = 
     finally:
         torch.random.set_rng_state(generator_state)
     return unet.eval()
+
+
+def _sgm_layout(unet: nn.Module, config: dict, depths: list[int] | int, vector_width: int | None) -> None:
+    """Per-level transformer depths (the middle takes the last) and a `vector` input, as sgm builds them."""
+    from ldm.modules.attention import BasicTransformerBlock
+
+    depths = depths if isinstance(depths, list) else [depths] * len(config["channel_mult"])
+    level_of_width = {config["model_channels"] * mult: level for level, mult in enumerate(config["channel_mult"])}
+    if len(level_of_width) != len(depths):
+        raise ValueError("per-level transformer depths need a distinct channel width per level")
+    for container in unet.modules():
+        blocks = getattr(container, "transformer_blocks", None)
+        if blocks is None:
+            continue
+        first = blocks[0]
+        for _ in range(depths[level_of_width[container.in_channels]] - len(blocks)):
+            width = first.attn1.to_q.out_features
+            blocks.append(
+                BasicTransformerBlock(
+                    width, first.attn1.heads, width // first.attn1.heads,
+                    context_dim=first.attn2.to_k.in_features, checkpoint=False,
+                )
+            )  # fmt: skip
+    unet.context_copies = max(depths)
+    if vector_width:
+        embedding_width = config["model_channels"] * 4
+        unet.num_classes = "sequential"  # ldm's forward then adds label_emb(y) to the time embedding
+        unet.label_emb = nn.Sequential(
+            nn.Linear(vector_width, embedding_width), nn.SiLU(), nn.Linear(embedding_width, embedding_width)
+        )
+
+
+def unet_context(unet: nn.Module, context: torch.Tensor):
+    """The context argument for `unet`: ldm's `SpatialTransformer` reads one context per transformer
+    block (sgm repeats a single one), so deeper stacks get the same tensor once per block."""
+    copies = getattr(unet, "context_copies", 1)
+    return [context] * copies if copies > 1 else context
 
 
 @dataclass
@@ -114,7 +179,9 @@ class TinyTextEncoder:
 def apply_unet(unet: nn.Module):
     """The model call in A1111's `apply_model(x, t, cond)` shape for a bare ldm UNet."""
 
-    def apply(latent: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        return unet(latent, timesteps=timesteps, context=cond)
+    def apply(latent: torch.Tensor, timesteps: torch.Tensor, cond) -> torch.Tensor:
+        if isinstance(cond, dict):  # SDXL: `crossattn` + `vector`
+            return unet(latent, timesteps=timesteps, context=unet_context(unet, cond["crossattn"]), y=cond["vector"])
+        return unet(latent, timesteps=timesteps, context=unet_context(unet, cond))
 
     return apply

@@ -9,7 +9,8 @@ import torch
 from helpers import CAPTURED_AT_16, instance_forwards
 
 from initno.attention import AttentionCapture, capture_grid
-from initno.tiny import TINY_SD2_UNET, build_unet
+from initno.optimize import frozen_parameters
+from initno.tiny import TINY_SD2_UNET, TINY_SDXL_UNET, apply_unet, build_unet
 
 T = torch.full((1,), 981.0)
 
@@ -240,3 +241,109 @@ def test_sd2_layout_reads_the_grid_at_a_quarter_of_the_latent(latent, grid):
         assert capture.cross_attention().shape == (1, *grid, 77)
         assert capture.self_attention_rows(torch.tensor([0])).shape == (1, 1, *grid)
         assert _patched_names(unet) == CAPTURED_AT_16
+
+
+@pytest.fixture(scope="module")
+def sdxl_unet():
+    return build_unet(TINY_SDXL_UNET, seed=0)
+
+
+def _sdxl_cond(seed: int = 0) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "crossattn": torch.randn(1, 77, 2048, generator=generator),
+        "vector": torch.randn(1, 2816, generator=generator),
+    }
+
+
+SDXL_DEEPEST = {
+    "input_blocks.7.1",
+    "input_blocks.8.1",
+    "middle_block.1",
+    "output_blocks.0.1",
+    "output_blocks.1.1",
+    "output_blocks.2.1",
+}
+
+
+def test_sdxl_layout_is_the_ldm_unet_with_sgm_depths_and_vector(sdxl_unet):
+    containers = {
+        name: len(m.transformer_blocks) for name, m in sdxl_unet.named_modules() if hasattr(m, "transformer_blocks")
+    }
+    assert containers == {
+        **dict.fromkeys(
+            ["input_blocks.4.1", "input_blocks.5.1", "output_blocks.3.1", "output_blocks.4.1", "output_blocks.5.1"], 2
+        ),
+        **dict.fromkeys(SDXL_DEEPEST, 3),
+    }  # no attention at the first level, deeper stacks at the last (TINY_SDXL_UNET: [0, 2, 3])
+    assert sdxl_unet.label_emb[0].in_features == 2816
+    assert {m.to_k.in_features for name, m in sdxl_unet.named_modules() if name.endswith("attn2")} == {2048}
+
+
+@pytest.mark.parametrize(("latent", "grid"), [((16, 16), (4, 4)), ((16, 24), (4, 6))])
+def test_sdxl_layout_reads_its_deepest_level_at_a_quarter_of_the_latent(sdxl_unet, latent, grid):
+    """SDXL at 1024² (latent 128): the 32×32 level, input_blocks.7/8, the middle and output_blocks.0-2,
+    all their transformer blocks; and a non-square size."""
+    apply = apply_unet(sdxl_unet)
+    with AttentionCapture(sdxl_unet) as capture, torch.no_grad():
+        capture.run(apply, torch.randn(1, 4, *latent), T, _sdxl_cond())
+        assert capture.cross_attention().shape == (1, *grid, 77)
+        patched = _patched_names(sdxl_unet)
+    assert {name.rsplit(".transformer_blocks", 1)[0] for name in patched} == SDXL_DEEPEST
+    assert len(patched) == 2 * 3 * len(SDXL_DEEPEST)  # attn1 and attn2 of every block
+
+
+def test_the_vector_reaches_the_unet(sdxl_unet):
+    apply = apply_unet(sdxl_unet)
+    latent, cond = torch.randn(1, 4, 16, 16), _sdxl_cond()
+    with torch.no_grad():
+        same = apply(latent, T, cond)
+        other = apply(latent, T, {**cond, "vector": cond["vector"] + 1})
+    assert (same - other).abs().max() > 1e-3
+
+
+def _saved_bytes_and_grad(unet, apply, latent, cond, checkpoint_blocks):
+    saved = []
+
+    def pack(tensor):
+        saved.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    latent = latent.clone().requires_grad_(True)
+    with frozen_parameters(unet), AttentionCapture(unet, checkpoint_blocks=checkpoint_blocks) as capture:
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            capture.run(apply, latent, T, cond)
+            loss = capture.cross_attention()[..., 2].max() + capture.self_attention_rows(torch.tensor([5])).max()
+        (grad,) = torch.autograd.grad(loss, latent)
+        calls_per_pass = capture._calls_per_pass
+    return sum(saved), grad, calls_per_pass
+
+
+def test_checkpointed_blocks_give_the_same_gradient_for_less_saved_memory(sdxl_unet):
+    apply = apply_unet(sdxl_unet)
+    latent, cond = torch.randn(1, 4, 16, 16), _sdxl_cond()
+    kept, expected, calls = _saved_bytes_and_grad(sdxl_unet, apply, latent, cond, checkpoint_blocks=False)
+    recomputed, got, calls_checkpointed = _saved_bytes_and_grad(sdxl_unet, apply, latent, cond, checkpoint_blocks=True)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+    assert calls_checkpointed == calls == 36  # the replay in the backward pass records nothing
+    assert recomputed < 0.75 * kept  # what remains: the ResBlocks and the transformers' projections
+    assert _patched_names(sdxl_unet) == set()
+
+
+def test_checkpointed_blocks_still_stop_after_the_last_captured_layer(sdxl_unet):
+    apply = apply_unet(sdxl_unet)
+    ran_output = []
+    hook = sdxl_unet.out.register_forward_hook(lambda *_: ran_output.append(1))
+    try:
+        with frozen_parameters(sdxl_unet), AttentionCapture(sdxl_unet, checkpoint_blocks=True) as capture:
+            for _ in range(3):
+                latent = torch.randn(1, 4, 16, 16, requires_grad=True)
+                with torch.enable_grad():
+                    capture.run(apply, latent, T, _sdxl_cond())
+                    loss = capture.cross_attention()[..., 5].max()
+                torch.autograd.grad(loss, latent)
+                assert len(capture._cross) == 18
+    finally:
+        hook.remove()
+    assert len(ran_output) == 1
+    assert _patched_names(sdxl_unet) == set()

@@ -31,6 +31,13 @@ def unet_of(model) -> torch.nn.Module:
         )
     if hasattr(model, "forge_objects"):
         raise Unsupported("Forge's backend is not supported yet (it samples under inference mode)")
+    if getattr(model, "is_sdxl", False) and len(text_encoders(model)) == 1:
+        # The refiner (one text encoder, OpenCLIP-G) is trained for the last, low-noise steps only: its
+        # attention at the first step says nothing about the composition.
+        raise Unsupported(
+            "SDXL refiner checkpoints are not supported; load an SDXL base checkpoint "
+            "(the refiner can still finish the image through txt2img's Refiner option)"
+        )
     wrapper = getattr(model, "model", None)
     unet = getattr(wrapper, "diffusion_model", None)
     if unet is None:
@@ -41,6 +48,14 @@ def unet_of(model) -> torch.nn.Module:
     if getattr(unet, "in_channels", 4) != getattr(model, "latent_channels", 4):
         raise Unsupported("inpainting models are not supported (the UNet takes extra input channels)")
     return unet
+
+
+def text_encoders(model) -> list:
+    """The hijacked text encoders: SDXL base has two (CLIP-L, OpenCLIP-G), its refiner one."""
+    conditioner = getattr(model, "conditioner", None)
+    if conditioner is None:
+        return [model.cond_stage_model]
+    return [embedder for embedder in conditioner.embedders if hasattr(embedder, "process_texts")]
 
 
 def first_timestep(p) -> float:
@@ -65,6 +80,19 @@ def hypernetwork_transform():
     return lambda context, module: hypernetwork.apply_hypernetworks(shared.loaded_hypernetworks, context, module)
 
 
+CHECKPOINTING = ("Automatic", "On", "Off")
+CHECKPOINTING_FROM_PIXELS = 1024 * 1024
+"""Automatic checkpointing starts at SDXL's native area, where its activations outgrow a 12 GB card."""
+
+
+def checkpoint_blocks(p) -> bool:
+    """Settings → InitNO → Memory: recompute the transformer activations in the backward pass."""
+    choice = getattr(shared.opts, "initno_checkpointing", "Automatic")
+    if choice != "Automatic":
+        return choice == "On"
+    return bool(getattr(p.sd_model, "is_sdxl", False)) and p.width * p.height >= CHECKPOINTING_FROM_PIXELS
+
+
 def denoiser(p) -> Denoiser:
     model = p.sd_model
     if getattr(p, "get_token_merging_ratio", lambda: 0)() > 0:
@@ -75,6 +103,7 @@ def denoiser(p) -> Denoiser:
         apply=model.apply_model,
         timestep=first_timestep(p),
         context_transform=hypernetwork_transform(),
+        checkpoint_blocks=checkpoint_blocks(p),
     )
 
 
@@ -144,8 +173,9 @@ def softmax_positions(model, prompt: PromptTokens) -> list[int] | None:
     """Where the token softmax runs. SD1: as the official code (every chunk's slots but the first and
     last: the prompt, its end token and the padding). SD2: the prompt's own tokens only: its OpenCLIP
     encoder pads with a token of its own, and Attend-and-Excite found that including the end token and
-    the padding spoils the maps on SD2.1 (its `normalize_eot`)."""
-    if getattr(model, "is_sd2", False):
+    the padding spoils the maps on SD2.1 (its `normalize_eot`). SDXL: as SD2, since 1280 of its 2048
+    context channels come from OpenCLIP-G, padded the same way."""
+    if getattr(model, "is_sd2", False) or getattr(model, "is_sdxl", False):
         return [token.position for token in prompt.tokens]
     return None
 

@@ -7,6 +7,7 @@ import gradio as gr
 from modules import shared
 from modules.ui_components import InputAccordion
 
+from . import host
 from .args import ARGS, BY_NAME, Arg
 
 SETTINGS_SECTION = ("initno", "InitNO")
@@ -23,6 +24,16 @@ def setting_defaults() -> dict:
 
 
 def register_settings() -> None:
+    shared.opts.add_option(
+        "initno_checkpointing",
+        shared.OptionInfo(
+            "Automatic",
+            "Memory: recompute transformer activations in the backward pass (gradient checkpointing)",
+            gr.Radio,
+            {"choices": list(host.CHECKPOINTING)},
+            section=SETTINGS_SECTION,
+        ).info("less memory for ~1 more forward per step; Automatic: SDXL at 1024×1024 pixels and up"),
+    )
     for arg in DEFAULTABLE:
         if arg.kind is bool:
             component, component_args = gr.Checkbox, {}

@@ -1,13 +1,19 @@
 """Checkpoint families through the stand-in: SD2 (eps and v prediction) with the real ldm UNet in the SD2
-layout (linear projections, fixed-width heads) and its OpenCLIP-style padding."""
+layout (linear projections, fixed-width heads) and its OpenCLIP-style padding; SDXL base with its
+dictionary conditioning, two text encoders and the SDXL layout; the SDXL refiner, refused."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
-from modules import shared
+import torch
+from conftest import assert_no_hooks_left
+from modules import infotext_utils, prompt_parser, shared
 from modules.sd_models import StandInSD1Model
+from modules.sd_models_xl import StandInSDXLModel
 
 from initno import optimize as optimize_module
+from initno.webui import host
 from initno.webui import job as job_module
 
 QUICK = {"enabled": True, "subjects": "cat, dog", "max_rounds": 1, "steps_per_round": 2, "fallback_steps": 0}
@@ -48,3 +54,80 @@ def test_sd2_softmax_runs_over_the_prompts_own_tokens(webui, sd2, calls):
 def test_sd1_keeps_the_official_softmax(webui, calls):
     webui.txt2img(QUICK, prompt="a cat and a dog", width=128, height=128)
     assert calls[0][1][0].softmax_positions is None
+
+
+@pytest.fixture(scope="module")
+def sdxl_model():
+    return StandInSDXLModel()
+
+
+@pytest.fixture
+def sdxl(webui, sdxl_model):
+    previous = shared.sd_model
+    shared.sd_model = sdxl_model
+    yield sdxl_model
+    shared.sd_model = previous
+
+
+def _status(processed, index=0):
+    return infotext_utils.parse_generation_parameters(processed.infotexts[index])["InitNO"]
+
+
+@pytest.mark.parametrize(("size", "grid"), [((128, 128), (4, 4)), ((200, 136), (5, 7))])
+def test_sdxl_runs_on_its_deepest_level_with_the_hosts_conditioning_dict(webui, sdxl, calls, size, grid):
+    """200×136 is a multiple of 8, not of 64: latent 25×17, read at 7×5 (the host resizes the skips)."""
+    width, height = size
+    processed = webui.txt2img(QUICK, prompt="a cat and a dog", width=width, height=height)
+    (denoiser, (request,), (result,)) = calls[0]
+    assert _status(processed).startswith(("valid", "not valid"))
+    assert result.maps_after.cross.shape == (2, *grid)
+    assert set(request.cond) == {"crossattn", "vector"}
+    assert request.cond["crossattn"].shape == (1, 77, 2048)  # CLIP-L 768 + OpenCLIP-G 1280, shared positions
+    expected = sdxl.get_learned_conditioning(
+        prompt_parser.SdConditioning(["a cat and a dog"], width=width, height=height)
+    )
+    torch.testing.assert_close(request.cond["vector"], expected["vector"])  # pooled G + sizes, this image's size
+    torch.testing.assert_close(request.cond["crossattn"], expected["crossattn"])
+    assert request.subjects == [[2], [5]]
+    assert request.softmax_positions == [1, 2, 3, 4, 5]  # half the context is OpenCLIP-G, padded with 0
+    assert not denoiser.checkpoint_blocks  # Automatic: below 1024×1024
+    assert_no_hooks_left(sdxl)
+
+
+def test_sdxl_checkpointing_changes_memory_not_the_result(webui, sdxl, calls):
+    images = {}
+    for choice in ("Off", "On"):
+        shared.opts.initno_checkpointing = choice
+        try:
+            images[choice] = np.asarray(webui.txt2img(QUICK, prompt="a cat and a dog", width=128, height=128).images[0])
+        finally:
+            shared.opts.initno_checkpointing = "Automatic"
+    assert [denoiser.checkpoint_blocks for denoiser, *_ in calls] == [False, True]
+    torch.testing.assert_close(calls[1][2][0].latent, calls[0][2][0].latent)
+    assert np.array_equal(images["On"], images["Off"])
+    assert_no_hooks_left(sdxl)
+
+
+@pytest.mark.parametrize(
+    ("sdxl_flag", "width", "height", "expected"),
+    [(True, 1024, 1024, True), (True, 832, 1216, False), (True, 1152, 896, False), (True, 1536, 1024, True),
+     (False, 1024, 1024, False)],
+)  # fmt: skip
+def test_automatic_checkpointing_from_sdxls_native_area(sdxl_flag, width, height, expected):
+    from types import SimpleNamespace
+
+    p = SimpleNamespace(sd_model=SimpleNamespace(is_sdxl=sdxl_flag), width=width, height=height)
+    assert host.checkpoint_blocks(p) is expected
+
+
+def test_sdxl_refiner_is_refused_and_the_image_still_made(webui, calls):
+    previous = shared.sd_model
+    shared.sd_model = StandInSDXLModel(refiner=True)
+    try:
+        processed = webui.txt2img(QUICK, prompt="a cat and a dog", width=128, height=128)
+    finally:
+        refiner, shared.sd_model = shared.sd_model, previous
+    assert calls == []
+    assert len(processed.images) == 1
+    assert _status(processed).startswith("skipped: SDXL refiner checkpoints are not supported")
+    assert_no_hooks_left(refiner)

@@ -3,7 +3,12 @@ embedding is found at a token position by the token ids of its name."""
 
 from __future__ import annotations
 
+import ldm.modules.diffusionmodules.openaimodel
 import torch
+from modules import sd_hijack_unet
+
+# As the host does when modules/sd_hijack.py is imported: sizes in steps of 8 pixels.
+ldm.modules.diffusionmodules.openaimodel.th = sd_hijack_unet.th
 
 
 class Embedding:

@@ -71,6 +71,18 @@ class CompVisVDenoiser(CompVisDenoiser):
         return x * c_skip + self.inner_model.apply_model(x * c_in, self.sigma_to_t(sigma[:, 0, 0, 0]), cond) * c_out
 
 
+def catenate_conds(conds):
+    """sd_samplers_cfg_denoiser.catenate_conds: tensors, or SDXL's dicts key by key."""
+    if not isinstance(conds[0], dict):
+        return torch.cat(conds)
+    return {key: torch.cat([c[key] for c in conds]) for key in conds[0]}
+
+
+def condition_dict(c):
+    """`make_condition_dict` for txt2img: SDXL's dict as it is, SD1/SD2's tensor as `c_crossattn`."""
+    return dict(c) if isinstance(c, dict) else {"c_crossattn": [c]}
+
+
 class CFGDenoiser(torch.nn.Module):
     """modules/sd_samplers_cfg_denoiser.py, for txt2img: cond rows per AND part, then uncond."""
 
@@ -88,13 +100,13 @@ class CFGDenoiser(torch.nn.Module):
         x_in = torch.cat([torch.stack([x[i]] * n) for i, n in enumerate(repeats)] + [x])
         sigma_in = torch.cat([torch.stack([sigma[i]] * n) for i, n in enumerate(repeats)] + [sigma])
         if tensor.shape[1] == uncond.shape[1]:
-            x_out = self.inner(x_in, sigma_in, {"c_crossattn": [torch.cat([tensor, uncond])]})
+            x_out = self.inner(x_in, sigma_in, condition_dict(catenate_conds([tensor, uncond])))
         else:  # different lengths: cond and uncond batches run separately (opts.pad_cond_uncond off)
             n = tensor.shape[0]
             x_out = torch.cat(
                 [
-                    self.inner(x_in[:n], sigma_in[:n], {"c_crossattn": [tensor]}),
-                    self.inner(x_in[n:], sigma_in[n:], {"c_crossattn": [uncond]}),
+                    self.inner(x_in[:n], sigma_in[:n], condition_dict(tensor)),
+                    self.inner(x_in[n:], sigma_in[n:], condition_dict(uncond)),
                 ]
             )
         denoised_uncond = x_out[-uncond.shape[0] :]

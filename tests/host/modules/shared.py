@@ -105,6 +105,10 @@ opts = Options(
         "samples_format": OptionInfo("png"),
         "save_images_add_number": OptionInfo(True),
         "disable_extra_networks": OptionInfo(False),
+        "sdxl_crop_top": OptionInfo(0),
+        "sdxl_crop_left": OptionInfo(0),
+        "sdxl_refiner_low_aesthetic_score": OptionInfo(2.5),
+        "sdxl_refiner_high_aesthetic_score": OptionInfo(6.0),
     }
 )
 
