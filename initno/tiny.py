@@ -53,12 +53,11 @@ TINY_UNET = {
 
 TINY_SD2_UNET = {
     **SD2_UNET,
-    "model_channels": 32,
+    "model_channels": 64,
     "channel_mult": [1, 2, 2, 2],
-    "num_head_channels": 16,
     "context_dim": 32,
 }
-"""The SD2 layout in miniature: linear projections in the transformers, heads of a fixed width."""
+"""The SD2 layout in miniature: linear projections in the transformers, 64-channel heads (1 or 2)."""
 
 SDXL_UNET = {
     **SD2_UNET,
@@ -75,10 +74,10 @@ blocks at the deeper two (10 in the middle), a 2048-wide context (CLIP-L 768 + O
 TINY_SDXL_UNET = {
     **SDXL_UNET,
     "model_channels": 32,
-    "num_head_channels": 16,
     "transformer_depth": [0, 2, 3],
 }
-"""The SDXL layout in miniature: the same levels, stacks deeper at the last level, full-width context."""
+"""The SDXL layout in miniature: the same levels, 64-channel heads (1 or 2), stacks deeper at the last
+level, the full-width context and vector."""
 
 
 def require_ldm():
