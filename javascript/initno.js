@@ -65,7 +65,14 @@
             button.append(word.text, position);
             list.append(button);
         });
-        render([list]);
+        const children = [list];
+        if (data.unsupported) {
+            const note = document.createElement("div");
+            note.className = "initno-error";
+            note.textContent = `InitNO will be skipped: ${data.unsupported}`;
+            children.push(note);
+        }
+        render(children);
     }
 
     function renderError(message) {

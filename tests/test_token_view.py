@@ -54,6 +54,8 @@ class TokenServer(ThreadingHTTPServer):
         self.answered: list[str] = []
         self.held: dict[str, threading.Event] = {}
         """Prompts whose answer waits until the test sets the event."""
+        self.unsupported: str | None = None
+        """What the route says when the loaded model is one InitNO skips."""
 
     @property
     def origin(self) -> str:
@@ -83,6 +85,7 @@ class Handler(SimpleHTTPRequestHandler):
             self.server.held[prompt].wait(TIMEOUT_MS / 1000)
         try:
             status, answer = 200, read_prompt(prompt, subjects, steps=steps, tokenizer=self.server.tokenizer).as_json()
+            answer["unsupported"] = self.server.unsupported
         except (SubjectError, ValueError) as error:
             status, answer = 422, {"detail": str(error)}
         except Exception as error:  # shown in the page, so that a failing test says what went wrong
@@ -235,6 +238,17 @@ def test_subject_not_in_the_prompt_shows_the_error(page):
     settle(page)
     expect(error).to_have_count(0)
     expect_words(page, "cat#2", ".initno-subject")
+
+
+def test_a_model_initno_skips_is_named_under_the_words(page, server):
+    server.unsupported = "SDXL refiner checkpoints are not supported; load an SDXL base checkpoint"
+    try:
+        prompt_box(page).fill("a cat and a dog")
+        settle(page)
+        expect_words(page, "cat#2 dog#5", ".initno-auto")
+        expect(page.locator(".initno-error")).to_have_text(f"InitNO will be skipped: {server.unsupported}")
+    finally:
+        server.unsupported = None
 
 
 def test_a_word_of_several_tokens_is_one_word(page):

@@ -131,3 +131,12 @@ def test_sdxl_refiner_is_refused_and_the_image_still_made(webui, calls):
     assert len(processed.images) == 1
     assert _status(processed).startswith("skipped: SDXL refiner checkpoints are not supported")
     assert_no_hooks_left(refiner)
+
+
+def test_tokens_route_on_sdxl_and_on_the_refiner(webui, sdxl):
+    base = webui.client.post("/initno/v1/tokens", json={"prompt": "a cat BREAK a dog", "subjects": "cat, dog"}).json()
+    assert [(s["text"], s["positions"]) for s in base["subjects"]] == [("cat", [2]), ("dog", [79])]
+    assert base["context_length"] == 154 and base["unsupported"] is None
+    shared.sd_model = StandInSDXLModel(refiner=True)  # the `sdxl` fixture puts the previous model back
+    refiner = webui.client.post("/initno/v1/tokens", json={"prompt": "a cat and a dog"}).json()
+    assert refiner["unsupported"].startswith("SDXL refiner checkpoints are not supported")
