@@ -236,7 +236,10 @@ class AttentionCapture:
         if is_self:
             if record:
                 self._self.append((q, k, scale))
-            out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+            # (B, heads, n, d): the fused kernels take 4-D inputs only; 3-D would fall back to the math
+            # path and keep the n×n probabilities of every layer for the backward pass.
+            q4, k4, v4 = (t.unflatten(0, (-1, heads)) for t in (q, k, v))
+            out = F.scaled_dot_product_attention(q4, k4, v4, scale=scale).flatten(0, 1)
         else:
             with torch.autocast(device_type=q.device.type, enabled=False):
                 probs = (torch.bmm(q.float(), k.float().transpose(1, 2)) * scale).softmax(dim=-1)

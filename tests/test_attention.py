@@ -347,3 +347,20 @@ def test_checkpointed_blocks_still_stop_after_the_last_captured_layer(sdxl_unet)
         hook.remove()
     assert len(ran_output) == 1
     assert _patched_names(sdxl_unet) == set()
+
+
+def test_self_attention_never_keeps_its_full_probabilities_for_the_backward_pass(tiny_unet, cat_and_dog):
+    """The captured self-attention runs through a fused kernel (4-D inputs): no n×n matrix is saved."""
+    shapes = []
+
+    def pack(tensor):
+        shapes.append(tuple(tensor.shape))
+        return tensor
+
+    latent = torch.randn(1, 4, 24, 24, requires_grad=True)  # the 6×6 grid: n = 36 tokens
+    saving = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+    with frozen_parameters(tiny_unet), AttentionCapture(tiny_unet) as capture, torch.enable_grad(), saving:
+        capture.run(_run, tiny_unet, latent, cat_and_dog)
+        capture.cross_attention()[..., 2].max().backward()
+    assert capture.grid == (6, 6)
+    assert not [shape for shape in shapes if shape[-2:] == (36, 36)]
