@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from modules import prompt_parser, sd_unet, shared
+from modules import devices, prompt_parser, sd_unet, shared
 
 from ..clip_bpe import ClipTokenizer
 from ..optimize import Denoiser
@@ -81,16 +81,35 @@ def hypernetwork_transform():
 
 
 CHECKPOINTING = ("Automatic", "On", "Off")
-CHECKPOINTING_FROM_PIXELS = 1024 * 1024
-"""Automatic checkpointing starts at SDXL's native area, where its activations outgrow a 12 GB card."""
+
+ACTIVATION_BYTES_PER_PIXEL = {"sd1": 1624.0, "sd2": 1468.0, "sdxl": 4761.0}
+"""What one InitNO step keeps for its backward pass, per image pixel, in a 2-byte dtype (fp16/bf16), without
+checkpointing: the peaks of `python -m initno.bench --arch A --dtype bf16` divided by the pixels."""
+
+
+def activation_bytes(p) -> float:
+    """The memory an InitNO step needs above the loaded model, without checkpointing."""
+    model = p.sd_model
+    family = "sdxl" if getattr(model, "is_sdxl", False) else "sd2" if getattr(model, "is_sd2", False) else "sd1"
+    return ACTIVATION_BYTES_PER_PIXEL[family] * p.width * p.height * devices.dtype_unet.itemsize / 2
+
+
+def free_device_memory() -> int | None:
+    """Bytes the UNet's device can still give (CUDA: free plus what torch holds unused); None elsewhere."""
+    if devices.device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    free, _total = torch.cuda.mem_get_info(devices.device)
+    return free + torch.cuda.memory_reserved(devices.device) - torch.cuda.memory_allocated(devices.device)
 
 
 def checkpoint_blocks(p) -> bool:
-    """Settings → InitNO → Memory: recompute the transformer activations in the backward pass."""
+    """Settings → InitNO → Memory. Automatic: checkpoint the transformer blocks when the step would not fit
+    in the GPU's free memory with a margin (a CPU's memory is the system's: never)."""
     choice = getattr(shared.opts, "initno_checkpointing", "Automatic")
     if choice != "Automatic":
         return choice == "On"
-    return bool(getattr(p.sd_model, "is_sdxl", False)) and p.width * p.height >= CHECKPOINTING_FROM_PIXELS
+    free = free_device_memory()
+    return free is not None and activation_bytes(p) > 0.8 * free
 
 
 def denoiser(p) -> Denoiser:

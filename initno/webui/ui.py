@@ -32,7 +32,7 @@ def register_settings() -> None:
             gr.Radio,
             {"choices": list(host.CHECKPOINTING)},
             section=SETTINGS_SECTION,
-        ).info("less memory for ~1 more forward per step; Automatic: SDXL at 1024×1024 pixels and up"),
+        ).info("less memory for about one more forward per step; Automatic: when the GPU's free memory is short"),
     )
     for arg in DEFAULTABLE:
         if arg.kind is bool:

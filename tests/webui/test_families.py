@@ -90,7 +90,7 @@ def test_sdxl_runs_on_its_deepest_level_with_the_hosts_conditioning_dict(webui, 
     torch.testing.assert_close(request.cond["crossattn"], expected["crossattn"])
     assert request.subjects == [[2], [5]]
     assert request.softmax_positions == [1, 2, 3, 4, 5]  # half the context is OpenCLIP-G, padded with 0
-    assert not denoiser.checkpoint_blocks  # Automatic: below 1024×1024
+    assert not denoiser.checkpoint_blocks  # Automatic, on a CPU
     assert_no_hooks_left(sdxl)
 
 
@@ -108,15 +108,26 @@ def test_sdxl_checkpointing_changes_memory_not_the_result(webui, sdxl, calls):
     assert_no_hooks_left(sdxl)
 
 
+GIB = 2**30
+
+
 @pytest.mark.parametrize(
-    ("sdxl_flag", "width", "height", "expected"),
-    [(True, 1024, 1024, True), (True, 832, 1216, False), (True, 1152, 896, False), (True, 1536, 1024, True),
-     (False, 1024, 1024, False)],
-)  # fmt: skip
-def test_automatic_checkpointing_from_sdxls_native_area(sdxl_flag, width, height, expected):
+    ("family", "size", "free", "expected"),
+    [
+        ("sdxl", (1024, 1024), 4.6 * GIB, True),  # a 12 GB card once A1111 holds SDXL's weights
+        ("sdxl", (832, 1216), 4.6 * GIB, True),  # SDXL's other buckets: the same area
+        ("sdxl", (1024, 1024), 16 * GIB, False),  # a 24 GB card
+        ("sdxl", (1024, 1024), None, False),  # CPU: the system's memory
+        ("sd1", (512, 512), 2 * GIB, False),
+    ],
+)
+def test_automatic_checkpointing_when_the_gpu_is_short_of_memory(monkeypatch, family, size, free, expected):
     from types import SimpleNamespace
 
-    p = SimpleNamespace(sd_model=SimpleNamespace(is_sdxl=sdxl_flag), width=width, height=height)
+    model = SimpleNamespace(is_sdxl=family == "sdxl", is_sd2=family == "sd2")
+    p = SimpleNamespace(sd_model=model, width=size[0], height=size[1])
+    monkeypatch.setattr(host, "free_device_memory", lambda: free)
+    monkeypatch.setattr(host.devices, "dtype_unet", torch.float16)
     assert host.checkpoint_blocks(p) is expected
 
 
