@@ -3,12 +3,14 @@ noise, kept inside a KL ball around N(0, I), with restarts and a fallback run.
 
 The official control flow is followed step for step, with three deliberate fixes (each marked "Fix:"
 where it lives): a successful round always wins over a failed one; the latent returned is the one
-that was scored; every loop has a bound.
+that was scored; every loop has a bound. One saving changes no number: the fallback run continues the
+best round where it stopped instead of repeating its steps (see `_RunState`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,6 +100,19 @@ class ImageResult:
 
 
 @dataclass
+class _RunState:
+    """A run's state before the pass of step `step`: enough to continue it exactly.
+
+    The fallback re-runs the best round from its start noise with a fresh optimiser (§6.2), so its
+    first steps repeat that round's bit for bit; it continues from the round's last step instead."""
+
+    step: int
+    log_var: torch.Tensor
+    mu: torch.Tensor
+    optimizer: dict
+
+
+@dataclass
 class _Candidate:
     """The outcome of one run (`fn_initno`): the noise it started from and the last scored latent."""
 
@@ -108,6 +123,7 @@ class _Candidate:
     snapshot: AttentionSnapshot
     valid: bool
     kl: float
+    last_state: _RunState | None = None
 
 
 @contextlib.contextmanager
@@ -168,18 +184,34 @@ class _ImageOptimiser:
         self.capture.clear()
         return evaluation
 
-    def run(self, start_noise: torch.Tensor, max_steps: int, round_index: int, fallback: bool) -> _Candidate | None:
-        """One official `fn_initno` run. None if cancelled before its first pass."""
+    def run(
+        self,
+        start_noise: torch.Tensor,
+        max_steps: int,
+        round_index: int,
+        fallback: bool,
+        resume: _RunState | None = None,
+    ) -> _Candidate | None:
+        """One official `fn_initno` run (continued from `resume` if given). None if cancelled before its
+        first pass."""
         p = self.params
-        log_var = torch.zeros_like(start_noise, requires_grad=True)
-        mu = torch.zeros_like(start_noise, requires_grad=True)
+        log_var = torch.zeros_like(start_noise) if resume is None else resume.log_var.clone()
+        mu = torch.zeros_like(start_noise) if resume is None else resume.mu.clone()
+        log_var.requires_grad_(True)
+        mu.requires_grad_(True)
         optimizer = torch.optim.Adam([log_var, mu], lr=p.learning_rate, eps=p.adam_eps)
-        candidate = None
-        for step in range(max_steps):
+        if resume is not None:
+            optimizer.load_state_dict(copy.deepcopy(resume.optimizer))
+        candidate, state = None, None
+        for step in range(0 if resume is None else resume.step, max_steps):
             if self.cancel():
                 self.cancelled = True
                 break
             last_step = step == max_steps - 1
+            if last_step and not fallback:
+                state = _RunState(
+                    step, log_var.detach().clone(), mu.detach().clone(), copy.deepcopy(optimizer.state_dict())
+                )
             # Fix: the last pass of a run is never followed by an update, so the latent returned is
             # the one that was scored (the official code returns one more, unscored, Adam step). That
             # pass needs no backward, hence no graph.
@@ -190,7 +222,7 @@ class _ImageOptimiser:
             valid = scores.is_valid(p.cross_threshold, p.conflict_threshold)
             kl = float(kl_divergence(log_var.detach(), mu.detach()))
             snapshot = AttentionSnapshot.of(evaluation)
-            candidate = _Candidate(round_index, start_noise, latent.detach(), scores, snapshot, valid, kl)
+            candidate = _Candidate(round_index, start_noise, latent.detach(), scores, snapshot, valid, kl, state)
             self._record(candidate, step, fallback)
             if valid or last_step:
                 break
@@ -248,7 +280,10 @@ class _ImageOptimiser:
             best_round = min(rounds, key=lambda c: (c.scores.rank, c.round))
             if p.fallback_steps > 0:
                 fallback = True
-                chosen = self.run(best_round.start_noise, p.fallback_steps, p.max_rounds, fallback=True)
+                resume = best_round.last_state
+                if resume is not None and resume.step >= p.fallback_steps:
+                    resume = None  # the fallback would end inside the round: re-run it as the official code
+                chosen = self.run(best_round.start_noise, p.fallback_steps, p.max_rounds, fallback=True, resume=resume)
             chosen = chosen or best_round
         if self.cancelled:
             chosen = self.best

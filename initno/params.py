@@ -79,5 +79,12 @@ class InitNOParams:
     def replace(self, **changes) -> InitNOParams:
         return dataclasses.replace(self, **changes)
 
+    @property
+    def max_passes(self) -> int:
+        """UNet passes per image at worst: every round, then the fallback, which continues the best round
+        at its last step when it is longer than the round (5 × 10 + 50 − 9 = 91 by default)."""
+        repeated = self.steps_per_round - 1 if self.fallback_steps > self.steps_per_round - 1 else 0
+        return self.max_rounds * self.steps_per_round + self.fallback_steps - repeated
+
 
 PARAMETERS = dataclasses.fields(InitNOParams)

@@ -47,8 +47,9 @@ def test_every_loop_is_bounded_and_the_kl_stays_within_its_bound(denoiser, cat_a
         max_rounds=2, steps_per_round=3, fallback_steps=4, kl_max_steps=1, kl_bound=1e-5, **NEVER_VALID
     )
     (result,) = optimize_noise(denoiser, [_request(cat_and_dog)], params)
-    assert (result.rounds, result.steps, result.fallback, result.valid) == (2, 2 * 3 + 4, True, False)
-    assert [(r.round, r.step, r.fallback) for r in result.trace][-4:] == [(2, s, True) for s in range(4)]
+    # The fallback continues the best round at its last step: steps 2 and 3 of its 4.
+    assert (result.rounds, result.steps, result.fallback, result.valid) == (2, 2 * 3 + 2, True, False)
+    assert [(r.round, r.step, r.fallback) for r in result.trace][-3:] == [(1, 2, False), (2, 2, True), (2, 3, True)]
     assert result.kl <= 1e-5
 
 
@@ -195,7 +196,7 @@ def test_a_successful_round_wins_over_a_better_scored_failed_one(denoiser, cat_a
 
 def test_fallback_runs_from_the_best_failed_round(denoiser, cat_and_dog, monkeypatch):
     # Rounds end at scores 0.9+1 (conflict zero: +1), 0.35 and 0.5: round 1 is re-run for 2 steps.
-    script = [(0.95, 0.0), (0.9, 0.0), (0.3, 0.1), (0.3, 0.05), (0.3, 0.3), (0.3, 0.2), (0.3, 0.25), (0.3, 0.4)]
+    script = [(0.95, 0.0), (0.9, 0.0), (0.3, 0.1), (0.3, 0.05), (0.3, 0.3), (0.3, 0.2), (0.3, 0.25)]
     monkeypatch.setattr(optimize_module, "evaluate_attention", ScriptedScores(script))
     starts = []
     original_run = optimize_module._ImageOptimiser.run
@@ -209,6 +210,30 @@ def test_fallback_runs_from_the_best_failed_round(denoiser, cat_and_dog, monkeyp
     (result,) = optimize_noise(denoiser, [_request(cat_and_dog)], params)
     assert result.fallback and not result.valid
     assert torch.equal(starts[3], starts[1])
-    # The fallback's result is used even though it ends worse than round 1 did (as officially).
-    assert result.final == Scores(0.3, 0.4, 0.0, 0.7)
-    assert result.steps == 8
+    # The fallback's result is used even though it ends worse than round 1 did (as officially). Its
+    # first step repeats round 1's and is skipped: it continues at step 1 (see the next test).
+    assert result.final == Scores(0.3, 0.25, 0.0, 0.55)
+    assert result.steps == 7
+
+
+def test_the_fallback_continues_the_best_round_with_the_numbers_of_a_rerun(denoiser, cat_and_dog, monkeypatch):
+    params = InitNOParams(max_rounds=2, steps_per_round=3, fallback_steps=5, **NEVER_VALID)
+    (continued,) = optimize_noise(denoiser, [_request(cat_and_dog)], params)
+    real_run = optimize_module._ImageOptimiser.run
+    monkeypatch.setattr(
+        optimize_module._ImageOptimiser, "run", lambda self, *args, resume=None, **kw: real_run(self, *args, **kw)
+    )
+    (rerun,) = optimize_noise(denoiser, [_request(cat_and_dog)], params)  # the official re-run from step 0
+    assert torch.equal(continued.latent, rerun.latent)
+    assert continued.final == rerun.final and continued.kl == rerun.kl
+    assert (rerun.steps, continued.steps) == (2 * 3 + 5, 2 * 3 + 3) == (rerun.steps, params.max_passes)
+    rounds = [[r.scores for r in rerun.trace if r.round == k] for k in (0, 1)]
+    fallback = [(r.step, r.scores) for r in rerun.trace if r.fallback]
+    assert [scores for _, scores in fallback[:2]] in (rounds[0][:2], rounds[1][:2])  # the re-run repeats a round
+    assert [(r.step, r.scores) for r in continued.trace if r.fallback] == fallback[2:]
+
+
+def test_worst_case_passes():
+    assert InitNOParams().max_passes == 91
+    assert InitNOParams(max_rounds=2, steps_per_round=3, fallback_steps=2).max_passes == 2 * 3 + 2  # re-run
+    assert InitNOParams(max_rounds=1, steps_per_round=1, fallback_steps=4).max_passes == 1 + 4

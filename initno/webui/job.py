@@ -210,7 +210,7 @@ class _Progress:
     def __init__(self, params, image_count: int):
         self.params = params
         self.image_count = image_count
-        self.total = params.max_rounds * params.steps_per_round + params.fallback_steps
+        self.total = params.max_passes
         self.done = 0
 
     def __call__(self, image: int, round_index: int, step: int, scores: Scores) -> None:
