@@ -102,12 +102,16 @@ def free_device_memory() -> int | None:
     return free + torch.cuda.memory_reserved(devices.device) - torch.cuda.memory_allocated(devices.device)
 
 
+def checkpointing_automatic() -> bool:
+    return getattr(shared.opts, "initno_checkpointing", "Automatic") == "Automatic"
+
+
 def checkpoint_blocks(p) -> bool:
     """Settings → InitNO → Memory. Automatic: checkpoint the transformer blocks when the step would not fit
-    in the GPU's free memory with a margin (a CPU's memory is the system's: never)."""
-    choice = getattr(shared.opts, "initno_checkpointing", "Automatic")
-    if choice != "Automatic":
-        return choice == "On"
+    in the GPU's free memory with a margin (a CPU's memory is the system's: never); the job retries with
+    checkpointing if the estimate was wrong and the step ran out of memory."""
+    if not checkpointing_automatic():
+        return shared.opts.initno_checkpointing == "On"
     free = free_device_memory()
     return free is not None and activation_bytes(p) > 0.8 * free
 

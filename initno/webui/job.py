@@ -9,7 +9,7 @@ The job lives on `p` (`p._initno_job`), so nothing carries over between generati
 from __future__ import annotations
 
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from modules import devices, images, shared
@@ -135,9 +135,18 @@ class InitNOJob:
             positions.append(i)
         if not requests:
             return
-        progress = _Progress(self.args.params, len(requests))
+        results = None
         with torch.inference_mode(False), torch.enable_grad():
-            results = optimize_noise(denoiser, requests, self.args.params, progress=progress, cancel=_cancelled)
+            try:
+                results = self._optimise(denoiser, requests)
+            except torch.cuda.OutOfMemoryError:
+                if denoiser.checkpoint_blocks or not host.checkpointing_automatic():
+                    raise
+            if results is None:  # outside the `except`, whose traceback would hold the failed pass's memory
+                # Automatic misjudged the free memory (e.g. --medvram moves the UNet in only when it runs):
+                # once more, checkpointed.
+                devices.torch_gc()
+                results = self._optimise(replace(denoiser, checkpoint_blocks=True), requests)
         for i, result in zip(positions, results):
             x[i].copy_(result.latent.to(dtype=x.dtype, device=x.device))
             outcome = self.outcomes[first + i]
@@ -145,6 +154,10 @@ class InitNOJob:
             print(f"InitNO: image {first + i + 1}: {outcome.status}; {outcome.scores}")
         # Forge-family hosts sample from `p.modified_noise` when it is set (A1111 ignores it).
         p.modified_noise = x
+
+    def _optimise(self, denoiser, requests: list[ImageRequest]):
+        progress = _Progress(self.args.params, len(requests))
+        return optimize_noise(denoiser, requests, self.args.params, progress=progress, cancel=_cancelled)
 
     def _request(self, p, i: int, noise: torch.Tensor) -> tuple[list[Subject], ImageRequest]:
         prompt = host.read_prompt(p, i)

@@ -151,3 +151,28 @@ def test_tokens_route_on_sdxl_and_on_the_refiner(webui, sdxl):
     shared.sd_model = StandInSDXLModel(refiner=True)  # the `sdxl` fixture puts the previous model back
     refiner = webui.client.post("/initno/v1/tokens", json={"prompt": "a cat and a dog"}).json()
     assert refiner["unsupported"].startswith("SDXL refiner checkpoints are not supported")
+
+
+def test_out_of_memory_retries_once_with_checkpointing_when_automatic(webui, sdxl, monkeypatch):
+    """Automatic can misjudge the free memory (--medvram moves the UNet in only when it runs)."""
+    tried = []
+    real = optimize_module.optimize_noise
+
+    def short_of_memory(denoiser, requests, params, **kwargs):
+        tried.append(denoiser.checkpoint_blocks)
+        if not denoiser.checkpoint_blocks:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB")
+        return real(denoiser, requests, params, **kwargs)
+
+    monkeypatch.setattr(job_module, "optimize_noise", short_of_memory)
+    processed = webui.txt2img(QUICK, prompt="a cat and a dog", width=128, height=128)
+    assert tried == [False, True]
+    assert _status(processed).startswith(("valid", "not valid"))
+    shared.opts.initno_checkpointing = "Off"  # chosen by the user: no retry, skipped with the message
+    try:
+        processed = webui.txt2img(QUICK, prompt="a cat and a dog", width=128, height=128)
+    finally:
+        shared.opts.initno_checkpointing = "Automatic"
+    assert tried == [False, True, False]
+    assert _status(processed).startswith("skipped: out of memory")
+    assert_no_hooks_left(sdxl)
