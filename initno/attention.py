@@ -17,13 +17,18 @@ What is recorded, with its autograd graph:
 With `checkpoint_blocks`, every transformer block runs under non-reentrant activation checkpointing
 while gradients are on: its activations are recomputed in the backward pass instead of being kept
 (the memory of SDXL at 1024², where 66 blocks of 1024–4096 tokens precede the last captured layer).
-The recomputation replays the explicit forward without recording again.
+The recomputation replays the explicit forward without recording again. Every other attention module
+then runs the fused kernel too, not the host's: a recomputation must repeat the forward exactly, and the
+host's sliced attention picks its slices from the free memory, which differs in the backward pass.
+`recompute_context` is entered around each recomputation, for what the host does around a UNet call
+beyond autocast (A1111's `manual_cast` patches the layer classes only inside `apply_model`).
 
 Works on the ldm and the sgm `CrossAttention` (same attributes; sgm passes context as a keyword).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import types
 from collections.abc import Callable
@@ -76,6 +81,7 @@ class AttentionCapture:
         context_transform: ContextTransform | None = None,
         stop_early: bool = True,
         checkpoint_blocks: bool = False,
+        recompute_context: Callable[[], contextlib.AbstractContextManager] | None = None,
     ):
         if downsample < 1 or downsample & (downsample - 1):
             raise ValueError(f"downsample must be a power of two, got {downsample}")
@@ -84,6 +90,7 @@ class AttentionCapture:
         self.context_transform = context_transform
         self.stop_early = stop_early
         self.checkpoint_blocks = checkpoint_blocks
+        self.recompute_context = recompute_context
         self.grid: tuple[int, int] | None = None
         self.grids_seen: set[tuple[int, int]] = set()
         self._cross: list[torch.Tensor] = []
@@ -91,6 +98,7 @@ class AttentionCapture:
         self._calls_per_pass: int | None = None
         self._calls = 0
         self._patched: dict[nn.Module, Any] = {}
+        self._recording: set[nn.Module] = set()
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._active = False
         self._block_pass: str | None = None  # inside a checkpointed block: "first" or "replay"
@@ -112,6 +120,9 @@ class AttentionCapture:
                 if self.checkpoint_blocks:
                     for block in container.transformer_blocks:
                         self._patch(block, self._checkpointed(block.forward))
+                        for module in block.modules():
+                            if is_attention_module(module):
+                                self._patch(module, types.MethodType(self._fused_forward, module))
         except BaseException:
             self._restore()
             raise
@@ -130,6 +141,7 @@ class AttentionCapture:
             else:
                 module.forward = previous
         self._patched.clear()
+        self._recording.clear()
         self.clear()
         self._active = False
 
@@ -173,11 +185,12 @@ class AttentionCapture:
         if grid != self.grid:
             return
         for module in container.modules():
-            if is_attention_module(module) and module not in self._patched:
+            if is_attention_module(module) and module not in self._recording:
+                self._recording.add(module)
                 self._patch(module, types.MethodType(self._make_forward(grid), module))
 
     def _patch(self, module: nn.Module, forward: Callable) -> None:
-        self._patched[module] = module.__dict__.get("forward", _NO_FORWARD)
+        self._patched.setdefault(module, module.__dict__.get("forward", _NO_FORWARD))  # the first is restored
         module.forward = forward
 
     # -- activation checkpointing --------------------------------------------------------------------
@@ -198,12 +211,25 @@ class AttentionCapture:
                     capture._block_pass = None
 
             # No random ops run in a block at inference, so there is no RNG state to preserve.
-            out = torch.utils.checkpoint.checkpoint(body, x, context, use_reentrant=False, preserve_rng_state=False)
+            out = torch.utils.checkpoint.checkpoint(
+                body, x, context, use_reentrant=False, preserve_rng_state=False, context_fn=capture._contexts
+            )
             if capture._stop_pending:  # the stop waits until the block is done: see `_attend`
                 raise _ForwardStopped
             return out
 
         return checkpointed_forward
+
+    def _contexts(self):
+        """(around the forward, around the recomputation), for `checkpoint`'s `context_fn`."""
+        recompute = self.recompute_context() if self.recompute_context is not None else contextlib.nullcontext()
+        return contextlib.nullcontext(), recompute
+
+    def _fused_forward(self, module, x, context=None, mask=None, **kwargs):
+        """The forward of attention modules outside the capture grid while blocks are checkpointed."""
+        _refuse_extras(mask, kwargs)
+        q, k, v, scale = self._project(module, x, context)
+        return module.to_out(_merge_heads(_fused(q, k, v, scale, module.heads), module.heads))
 
     # -- the explicit forward ----------------------------------------------------------------------
 
@@ -211,35 +237,33 @@ class AttentionCapture:
         capture = self
 
         def forward(module, x, context=None, mask=None, **kwargs):
-            extras = ("additional_tokens", "n_times_crossframe_attn_in_self")
-            if mask is not None or any(kwargs.get(k) for k in extras):
-                raise NotImplementedError(
-                    "attention masks and extra tokens are not supported while InitNO captures attention"
-                )
+            _refuse_extras(mask, kwargs)
             if x.shape[1] != grid[0] * grid[1]:
                 raise ValueError(f"attention input of length {x.shape[1]} does not match the grid {grid}")
             return capture._attend(module, x, context)
 
         return forward
 
-    def _attend(self, module: nn.Module, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
-        is_self = context is None
-        source = x if is_self else context
+    def _project(self, module: nn.Module, x: torch.Tensor, context: torch.Tensor | None):
+        """Queries, keys and values split into heads (B·heads, n, d), and the scale."""
+        source = x if context is None else context
         if self.context_transform is not None:
             context_k, context_v = self.context_transform(source, module)
         else:
             context_k = context_v = source
         heads = module.heads
         q, k, v = (_split_heads(t, heads) for t in (module.to_q(x), module.to_k(context_k), module.to_v(context_v)))
-        scale = getattr(module, "scale", None) or q.shape[-1] ** -0.5
+        return q, k, v, getattr(module, "scale", None) or q.shape[-1] ** -0.5
+
+    def _attend(self, module: nn.Module, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        is_self = context is None
+        heads = module.heads
+        q, k, v, scale = self._project(module, x, context)
         record = self._block_pass != "replay"  # a checkpoint's recomputation only rebuilds the graph
         if is_self:
             if record:
                 self._self.append((q, k, scale))
-            # (B, heads, n, d): the fused kernels take 4-D inputs only; 3-D would fall back to the math
-            # path and keep the n×n probabilities of every layer for the backward pass.
-            q4, k4, v4 = (t.unflatten(0, (-1, heads)) for t in (q, k, v))
-            out = F.scaled_dot_product_attention(q4, k4, v4, scale=scale).flatten(0, 1)
+            out = _fused(q, k, v, scale, heads)
         else:
             with torch.autocast(device_type=q.device.type, enabled=False):
                 probs = (torch.bmm(q.float(), k.float().transpose(1, 2)) * scale).softmax(dim=-1)
@@ -286,6 +310,19 @@ class AttentionCapture:
             total = layer_sum if total is None else total + layer_sum
             heads_seen += q.shape[1]
         return (total / heads_seen).reshape(batch_size, count, *self.grid)
+
+
+def _refuse_extras(mask, kwargs) -> None:
+    extras = ("additional_tokens", "n_times_crossframe_attn_in_self")
+    if mask is not None or any(kwargs.get(k) for k in extras):
+        raise NotImplementedError("attention masks and extra tokens are not supported while InitNO captures attention")
+
+
+def _fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, heads: int) -> torch.Tensor:
+    """Attention through `scaled_dot_product_attention`, (B·heads, n, d) in and out. The fused kernels take
+    4-D inputs only; 3-D would fall back to the math path, which keeps the n×n probabilities for backward."""
+    q4, k4, v4 = (t.unflatten(0, (-1, heads)) for t in (q, k, v))
+    return F.scaled_dot_product_attention(q4, k4, v4, scale=scale).flatten(0, 1)
 
 
 def _split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:

@@ -223,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
 
     model = f"{args.arch.upper()} UNet " + ("(tiny layout)" if args.tiny else "(full size)")
     height, width = parse_size(args.size)
+    if height % 64 or width % 64:  # the WebUI resizes the UNet's skip connections for other sizes; ldm alone cannot
+        parser.error(f"--size must be a multiple of 64 in each direction, got {width}×{height}")
     print(f"{model}, random weights, {width}×{height}, {args.dtype}, {args.device}, median of {args.repeats}")
     variants = ["bare", "initno"] + ["initno-ckpt"] * args.checkpoint + ["official"] * args.official
     results = {v: _measure(v, args) for v in variants}

@@ -43,6 +43,8 @@ class Denoiser:
     checkpoint_blocks: bool = False
     """Recompute the transformer blocks' activations in the backward pass instead of keeping them:
     less memory (SDXL at 1024²) for about one more forward through the blocks."""
+    recompute_context: Callable[[], contextlib.AbstractContextManager] | None = None
+    """Entered around each recomputation: what `apply` sets up around the UNet beyond autocast."""
 
 
 @dataclass
@@ -342,6 +344,7 @@ def optimize_noise(
         downsample=denoiser.downsample,
         context_transform=denoiser.context_transform,
         checkpoint_blocks=denoiser.checkpoint_blocks,
+        recompute_context=denoiser.recompute_context,
     )
     results = []
     with frozen_parameters(denoiser.unet), capture, torch.enable_grad():

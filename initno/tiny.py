@@ -104,7 +104,7 @@ def build_unet(config: dict | None = None, *, seed: int = 0, sharpness: float = 
     torch.manual_seed(seed)
     try:
         unet = unet_class(**config, transformer_depth=1)
-        if isinstance(depths, list) or vector_width:
+        if depths != 1 or vector_width:
             _sgm_layout(unet, config, depths, vector_width)
         for name, parameter in unet.named_parameters():
             if parameter.dim() > 1 and not parameter.abs().sum():
@@ -123,16 +123,16 @@ def _sgm_layout(unet: nn.Module, config: dict, depths: list[int] | int, vector_w
     """Per-level transformer depths (the middle takes the last) and a `vector` input, as sgm builds them."""
     from ldm.modules.attention import BasicTransformerBlock
 
-    depths = depths if isinstance(depths, list) else [depths] * len(config["channel_mult"])
     level_of_width = {config["model_channels"] * mult: level for level, mult in enumerate(config["channel_mult"])}
-    if len(level_of_width) != len(depths):
+    if isinstance(depths, list) and len(level_of_width) != len(depths):
         raise ValueError("per-level transformer depths need a distinct channel width per level")
     for container in unet.modules():
         blocks = getattr(container, "transformer_blocks", None)
         if blocks is None:
             continue
+        depth = depths[level_of_width[container.in_channels]] if isinstance(depths, list) else depths
         first = blocks[0]
-        for _ in range(depths[level_of_width[container.in_channels]] - len(blocks)):
+        for _ in range(depth - len(blocks)):
             width = first.attn1.to_q.out_features
             blocks.append(
                 BasicTransformerBlock(
@@ -140,7 +140,7 @@ def _sgm_layout(unet: nn.Module, config: dict, depths: list[int] | int, vector_w
                     context_dim=first.attn2.to_k.in_features, checkpoint=False,
                 )
             )  # fmt: skip
-    unet.context_copies = max(depths)
+    unet.context_copies = max(depths) if isinstance(depths, list) else depths
     if vector_width:
         embedding_width = config["model_channels"] * 4
         unet.num_classes = "sequential"  # ldm's forward then adds label_emb(y) to the time embedding

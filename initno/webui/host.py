@@ -127,6 +127,7 @@ def denoiser(p) -> Denoiser:
         timestep=first_timestep(p),
         context_transform=hypernetwork_transform(),
         checkpoint_blocks=checkpoint_blocks(p),
+        recompute_context=devices.autocast,  # apply_model's context: A1111's manual_cast patches layers there
     )
 
 

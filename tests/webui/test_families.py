@@ -103,8 +103,9 @@ def test_sdxl_checkpointing_changes_memory_not_the_result(webui, sdxl, calls):
         finally:
             shared.opts.initno_checkpointing = "Automatic"
     assert [denoiser.checkpoint_blocks for denoiser, *_ in calls] == [False, True]
-    torch.testing.assert_close(calls[1][2][0].latent, calls[0][2][0].latent)
-    assert np.array_equal(images["On"], images["Off"])
+    # Up to rounding: outside the capture grid the checkpointed pass runs the fused kernel, not the host's.
+    torch.testing.assert_close(calls[1][2][0].latent, calls[0][2][0].latent, rtol=1e-3, atol=1e-4)
+    assert np.abs(images["On"].astype(int) - images["Off"].astype(int)).max() <= 1
     assert_no_hooks_left(sdxl)
 
 
