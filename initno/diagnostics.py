@@ -351,6 +351,19 @@ def trace_runs(trace: Sequence[StepRecord]) -> list[tuple[str, int, int]]:
     return runs
 
 
+def _side_legend(figure, handles, title: str, anchor: tuple[float, float]) -> None:
+    """A legend beside its panel, its top-left corner at `anchor` (figure fraction)."""
+    figure.legend(
+        handles=handles,
+        loc="upper left",
+        fontsize=8.5,
+        frameon=False,
+        title=title,
+        title_fontsize=9,
+        bbox_to_anchor=anchor,
+    )
+
+
 def _draw_trace(ax, trace: Sequence[StepRecord], cross_threshold: float, conflict_threshold: float):
     points: dict[str, list[float]] = {}
     handles = []
@@ -522,30 +535,15 @@ def render_diagnostics(
             label="subject's peak\n(cross-attention)",
         )
     )
-    figure.legend(
-        handles=subject_handles,
-        loc="upper left",
-        fontsize=8.5,
-        frameon=False,
-        title="self-attention regions",
-        title_fontsize=9,
-        bbox_to_anchor=(legend_x, 1 - maps_top / layout.height),
-    )
+    _side_legend(figure, subject_handles, "self-attention regions", (legend_x, 1 - maps_top / layout.height))
 
     trace_top = layout.title + layout.maps + layout.trace_gap
     trace_width = layout.width - layout.left - layout.legend - layout.right + 0.2
     ax = figure.add_axes(layout.rect(layout.left, trace_top, trace_width, layout.trace))
     points, handles = _draw_trace(ax, result.trace, cross_threshold, conflict_threshold)
     if handles:
-        figure.legend(
-            handles=handles,
-            loc="upper left",
-            fontsize=8.5,
-            frameon=False,
-            title="scores",
-            title_fontsize=9,
-            bbox_to_anchor=((layout.left + trace_width + 0.15) / layout.width, 1 - trace_top / layout.height),
-        )
+        anchor = ((layout.left + trace_width + 0.15) / layout.width, 1 - trace_top / layout.height)
+        _side_legend(figure, handles, "scores", anchor)
     axes.append(("trace", None, None, ax))
 
     canvas.draw()

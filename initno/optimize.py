@@ -210,7 +210,7 @@ class _ImageOptimiser:
                 self.cancelled = True
                 break
             last_step = step == max_steps - 1
-            if last_step and not fallback:
+            if last_step and not fallback and step < p.fallback_steps:  # a fallback could continue from here
                 state = _RunState(
                     step, log_var.detach().clone(), mu.detach().clone(), copy.deepcopy(optimizer.state_dict())
                 )
@@ -282,9 +282,8 @@ class _ImageOptimiser:
             best_round = min(rounds, key=lambda c: (c.scores.rank, c.round))
             if p.fallback_steps > 0:
                 fallback = True
+                # No state when the fallback would end inside the round: it re-runs as the official code.
                 resume = best_round.last_state
-                if resume is not None and resume.step >= p.fallback_steps:
-                    resume = None  # the fallback would end inside the round: re-run it as the official code
                 chosen = self.run(best_round.start_noise, p.fallback_steps, p.max_rounds, fallback=True, resume=resume)
             chosen = chosen or best_round
         if self.cancelled:

@@ -138,8 +138,7 @@ class _TextModel:
 
     def __init__(self, model):
         self.model = model.cond_stage_model
-        self.first = getattr(self.model, "embedders", [self.model])[0]  # SDXL: the CLIP-L embedder
-        self.end_id = self.first.id_end
+        self.end_id = text_encoders(model)[0].id_end  # SDXL: CLIP-L's, whose chunks the positions follow
 
     def encode(self, text: str) -> list[int]:
         return self.model.tokenize([text])[0]
