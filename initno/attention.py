@@ -45,8 +45,12 @@ ContextTransform = Callable[[torch.Tensor, nn.Module], tuple[torch.Tensor, torch
 _NO_FORWARD = object()
 
 
-class _ForwardStopped(Exception):
-    """Raised after the last captured layer: nothing later in the UNet influences the scores."""
+class _ForwardStopped(BaseException):
+    """Raised after the last captured layer: nothing later in the UNet influences the scores.
+
+    Not an error, so not an `Exception`: code between the model call and the UNet that handles errors
+    with `except Exception` lets it pass untouched (ControlNet's UNet forward would otherwise move its
+    models to the CPU at every one of InitNO's passes)."""
 
 
 def is_attention_module(module: nn.Module) -> bool:

@@ -10,7 +10,10 @@ From an `ImageResult` it draws, in one picture:
   half their maximum are hatched;
 - the score trace, one point per UNet pass in order (cross, self = conflict, joint), with the two
   validity thresholds as horizontal lines, the round boundaries and the fallback run marked;
-- a title line: valid or not, rounds and passes used, initial -> final scores.
+- a title line: valid or not, rounds and passes used, initial -> final scores;
+- when attention guidance ran during sampling (InitNO+, Attend-and-Excite), its trace: the scores at the
+  start of each guided sampling step, the refinement steps marked with their updates. An image that was
+  only guided (Attend-and-Excite: no noise optimisation) shows that trace alone.
 
 Drawn with matplotlib's object-oriented API on an Agg canvas (`Figure` + `FigureCanvasAgg`), never
 `pyplot`: the WebUI is multi-threaded and pyplot keeps global state. Host-independent: torch, numpy,
@@ -34,6 +37,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from PIL import Image
 
+from .guidance import GuidanceTrace
 from .optimize import AttentionSnapshot, ImageResult, StepRecord
 from .params import InitNOParams
 from .scores import CONFLICT_GATE, Scores
@@ -99,6 +103,9 @@ class Diagnostics:
     panels: list[Panel]
     trace_points: dict[str, list[float]]
     trace_runs: list[tuple[str, int, int]]
+    guidance_points: dict[str, list[float]] | None = None
+    """The guidance trace as plotted: "step" (sampling step indices), "cross" and, for InitNO+, "self"
+    (the scores at the start of each guided step); None when no guidance ran."""
 
     def panel(self, kind: str, subject: int | None = None, state: str | None = None) -> Panel:
         for panel in self.panels:
@@ -163,7 +170,7 @@ def _title(result: ImageResult, cross_threshold: float, conflict_threshold: floa
 class _Layout:
     """Positions in inches, converted to figure fractions (matplotlib's origin is bottom-left)."""
 
-    def __init__(self, count: int, shape: tuple[int, int]):
+    def __init__(self, count: int, shape: tuple[int, int], *, optimised: bool = True, guided: bool = False):
         self.width = WIDTH_IN
         self.left = 0.75  # row labels
         self.gap = 0.3
@@ -186,8 +193,9 @@ class _Layout:
         self.bottom = 0.55
         # The subjects' legend (title, one line per subject, overlap, a two-line peak entry) beside the maps.
         legend_height = 0.3 + 0.19 * (count + 1) + 0.35
-        self.maps = max(2 * self.row, self.panel_title + legend_height)
-        self.height = self.title + self.maps + self.trace_gap + self.trace + self.bottom
+        self.maps = max(2 * self.row, self.panel_title + legend_height) if optimised else 0.0
+        self.traces = (self.trace_gap + self.trace) * (int(optimised) + int(guided))
+        self.height = self.title + self.maps + self.traces + self.bottom
 
     def rect(self, x: float, top: float, width: float, height: float) -> list[float]:
         """[left, bottom, width, height] in figure fractions for a box at x, `top` inches from the top."""
@@ -446,37 +454,136 @@ def _draw_trace(ax, trace: Sequence[StepRecord], cross_threshold: float, conflic
     return points, handles
 
 
+def _guidance_title(trace: GuidanceTrace) -> str:
+    return f"Sampling guidance: {trace.summary()}"
+
+
+GUIDANCE_SERIES = {
+    "cross": (OKABE_ITO["blue"], "-", "o", "cross at the step's start"),
+    "self": (OKABE_ITO["vermillion"], "--", "s", "self at the step's start\n(not gated)"),
+}
+
+
+def _draw_guidance(ax, trace: GuidanceTrace) -> tuple[dict[str, list[float]], list]:
+    """The guidance trace: per guided sampling step its scores at the start; refinement steps shaded and
+    labelled with their updates and the cross score they reached."""
+    steps = [record.step for record in trace.steps]
+    points: dict[str, list[float]] = {"step": [float(s) for s in steps]}
+    handles = []
+    series = ["cross", "self"] if trace.method == "initno+" else ["cross"]  # Attend-and-Excite reads cross only
+    for name in series:
+        colour, style, marker, label = GUIDANCE_SERIES[name]
+        key = "cross" if name == "cross" else "conflict"
+        (line,) = ax.plot(
+            steps,
+            [r.before[key] for r in trace.steps],
+            color=colour,
+            linestyle=style,
+            marker=marker,
+            markersize=4.5,
+            linewidth=1.5,
+            label=label,
+            zorder=3,
+        )
+        points[name] = [float(v) for v in line.get_ydata()]
+        handles.append(line)
+    for record in trace.steps:
+        if not record.refinement_updates:
+            continue
+        ax.axvspan(record.step - 0.4, record.step + 0.4, facecolor="0.9", edgecolor="0.75", hatch="..", zorder=0)
+        ax.annotate(
+            f"{record.refinement_updates} upd.\n→ {record.after['cross']:.2f}",
+            (record.step, 1.01),
+            xycoords=("data", "axes fraction"),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            color="0.25",
+            annotation_clip=False,
+        )
+    if any(r.refinement_updates for r in trace.steps):
+        handles.append(Patch(facecolor="0.9", edgecolor="0.75", hatch="..", label="iterative refinement"))
+    ax.set_xlim(min(steps) - 0.6, max(steps) + 0.6)
+    top = max(max(points[name]) for name in series)
+    ax.set_ylim(0, max(top, 0.3) * 1.1 + 0.02)
+    ax.set_xlabel("sampling step (the latent is moved at the start of each guided step)", fontsize=9)
+    ax.set_ylabel("score", fontsize=9)
+    ax.tick_params(labelsize=8.5)
+    ax.grid(axis="y", color="0.9", linewidth=0.8)
+    ax.set_axisbelow(True)
+    return points, handles
+
+
 def render_diagnostics(
-    result: ImageResult,
+    result: ImageResult | None,
     labels: Sequence[str],
     thresholds: InitNOParams | Sequence[float] | None = None,
+    guidance: GuidanceTrace | None = None,
 ) -> Diagnostics | None:
-    """Draws the diagnostic image of one optimised image.
+    """Draws the diagnostic image of one image: the noise optimisation's maps and trace (`result`), and
+    the sampling guidance's trace (`guidance`), either of which may be absent.
 
     `labels` names the subjects in order (e.g. `["cat", "red apple"]`; missing ones become "subject N");
     `thresholds` is the `InitNOParams` the run used or the pair (cross_threshold, conflict_threshold)
     (default: the official 0.2 / 0.3). Returns None when nothing was scored (no attention maps: the run was
-    cancelled before its first UNet pass), so there is nothing to draw.
+    cancelled before its first UNet pass, and no guided step), so there is nothing to draw.
     """
-    count = _subject_count(result)
-    if count == 0:
+    optimised = result is not None and _subject_count(result) > 0
+    guided = guidance is not None and bool(guidance.steps)
+    if not optimised and not guided:
         return None
     cross_threshold, conflict_threshold = _thresholds(thresholds)
-    shape = _map_shape(result)
-    layout = _Layout(count, shape)
+    count = _subject_count(result) if optimised else max(1, len(labels))
+    shape = _map_shape(result) if optimised else (1, 1)
+    layout = _Layout(count, shape, optimised=optimised, guided=guided)
     style = _Style.of(layout, shape)
     names = _labels(labels, count)
     short_names = _labels(labels, count, style.chars)
 
     figure = Figure(figsize=(layout.width, layout.height), dpi=DPI, facecolor="white")
     canvas = FigureCanvasAgg(figure)
-    line, detail = _title(result, cross_threshold, conflict_threshold)
+    if optimised:
+        line, detail = _title(result, cross_threshold, conflict_threshold)
+        if guided:
+            detail += " · " + _guidance_title(guidance)
+    else:
+        line, detail = _guidance_title(guidance), f"subjects: {', '.join(names)}"
     figure.text(
         0.12 / layout.width, 1 - 0.12 / layout.height, line, ha="left", va="top", fontsize=11.5, fontweight="bold"
     )
     figure.text(0.12 / layout.width, 1 - 0.42 / layout.height, detail, ha="left", va="top", fontsize=9, color="0.3")
 
     axes: list[tuple[str, int | None, str | None, object]] = []
+    if optimised:
+        _draw_maps(figure, layout, style, result, names, short_names, axes)
+    trace_top = layout.title + layout.maps + layout.trace_gap
+    trace_width = layout.width - layout.left - layout.legend - layout.right + 0.2
+    legend_x = (layout.left + trace_width + 0.15) / layout.width
+    points, runs, guidance_points = {name: [] for name in SERIES}, [], None
+    if optimised:
+        ax = figure.add_axes(layout.rect(layout.left, trace_top, trace_width, layout.trace))
+        points, handles = _draw_trace(ax, result.trace, cross_threshold, conflict_threshold)
+        if handles:
+            _side_legend(figure, handles, "scores", (legend_x, 1 - trace_top / layout.height))
+        axes.append(("trace", None, None, ax))
+        runs = trace_runs(result.trace)
+        trace_top += layout.trace + layout.trace_gap
+    if guided:
+        ax = figure.add_axes(layout.rect(layout.left, trace_top, trace_width, layout.trace))
+        guidance_points, handles = _draw_guidance(ax, guidance)
+        _side_legend(figure, handles, "sampling guidance", (legend_x, 1 - trace_top / layout.height))
+        axes.append(("guidance", None, None, ax))
+
+    canvas.draw()
+    width, height = canvas.get_width_height()
+    image = Image.frombuffer("RGBA", (width, height), bytes(canvas.buffer_rgba()), "raw", "RGBA", 0, 1).convert("RGB")
+    panels = [Panel(kind, subject, state, _box(ax, height)) for kind, subject, state, ax in axes]
+    return Diagnostics(image, line, panels, points, runs, guidance_points)
+
+
+def _draw_maps(figure, layout: _Layout, style: _Style, result: ImageResult, names, short_names, axes) -> None:
+    """The cross-attention maps and self-attention overlays before and after, their colour bar and legend."""
+    count = len(names)
     snapshots = {"before": result.maps_before, "after": result.maps_after}
     scores = {"before": result.initial, "after": result.final}
     heat = None
@@ -537,21 +644,6 @@ def render_diagnostics(
     )
     _side_legend(figure, subject_handles, "self-attention regions", (legend_x, 1 - maps_top / layout.height))
 
-    trace_top = layout.title + layout.maps + layout.trace_gap
-    trace_width = layout.width - layout.left - layout.legend - layout.right + 0.2
-    ax = figure.add_axes(layout.rect(layout.left, trace_top, trace_width, layout.trace))
-    points, handles = _draw_trace(ax, result.trace, cross_threshold, conflict_threshold)
-    if handles:
-        anchor = ((layout.left + trace_width + 0.15) / layout.width, 1 - trace_top / layout.height)
-        _side_legend(figure, handles, "scores", anchor)
-    axes.append(("trace", None, None, ax))
-
-    canvas.draw()
-    width, height = canvas.get_width_height()
-    image = Image.frombuffer("RGBA", (width, height), bytes(canvas.buffer_rgba()), "raw", "RGBA", 0, 1).convert("RGB")
-    panels = [Panel(kind, subject, state, _box(ax, height)) for kind, subject, state, ax in axes]
-    return Diagnostics(image=image, title=line, panels=panels, trace_points=points, trace_runs=trace_runs(result.trace))
-
 
 def _box(ax, image_height: int) -> tuple[int, int, int, int]:
     extent = ax.get_window_extent()
@@ -559,10 +651,11 @@ def _box(ax, image_height: int) -> tuple[int, int, int, int]:
 
 
 def diagnostic_image(
-    result: ImageResult,
+    result: ImageResult | None,
     labels: Sequence[str],
     thresholds: InitNOParams | Sequence[float] | None = None,
+    guidance: GuidanceTrace | None = None,
 ) -> Image.Image | None:
     """The image of `render_diagnostics` alone (None when nothing was scored)."""
-    diagnostics = render_diagnostics(result, labels, thresholds)
+    diagnostics = render_diagnostics(result, labels, thresholds, guidance)
     return diagnostics.image if diagnostics is not None else None

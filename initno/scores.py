@@ -93,11 +93,19 @@ def response_loss(smoothed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     Returns the loss and the flat index of each map's peak. The peak location is chosen on detached
     values (no gradient through the choice); the gradient flows through the peak value.
+
+    The maxima are taken as the official code takes them, with Python's `max(0, ·)` and `max(list)`:
+    on an exact tie between subjects the first one wins and gets the whole gradient (a tensor `max`
+    would split it evenly), and a loss of exactly 0 passes no gradient.
     """
     flat = smoothed.flatten(1)
     peaks = flat.detach().argmax(dim=1)
     peak_values = flat.gather(1, peaks[:, None])[:, 0]
-    return (1.0 - peak_values).clamp_min(0.0).max(), peaks
+    losses = 1.0 - peak_values
+    worst = losses[int(losses.detach().argmax())]  # argmax returns the first of equal maxima
+    if not worst.detach() > 0:
+        return worst.clamp_min(0.0) * 0.0, peaks  # zero gradient, but a graph for the joint loss
+    return worst, peaks
 
 
 def otsu_threshold(levels: np.ndarray) -> int:

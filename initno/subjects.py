@@ -104,6 +104,13 @@ def choose_subjects(prompt: PromptTokens, text: str, encode: Callable[[str], lis
     return find_subjects(prompt, texts, encode) if texts else guess_subjects(prompt, encode)
 
 
+def require_subjects(prompt: PromptTokens, subjects: Sequence[Subject]) -> None:
+    """SubjectError when there is nothing to optimise for: no subject typed and none found automatically."""
+    if not subjects:
+        words = ", ".join(w.text for w in prompt.words())
+        raise SubjectError(f"no subjects found automatically in the prompt ({words}); type them in Subjects")
+
+
 def _word(tokens: list[Token]) -> Word:
     return Word("".join(t.text for t in tokens), tuple(t.position for t in tokens))
 

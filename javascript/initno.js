@@ -13,8 +13,10 @@
     const VIEW = "#initno_txt2img_tokens";
     const STEPS = "#txt2img_steps input[type=number]"; // prompt editing ([a:b:0.5]) is read at the first step
     const DEBOUNCE_MS = 300;
+    const WATCH_MS = 500; // how often the boxes are compared with what the view shows
 
     let timer = null;
+    let requested = null; // the prompt and subjects the view was last asked for
     let latest = 0; // number of the newest request: older answers are dropped
     let inflight = 0;
     let shown = {words: [], subjects: []}; // what the view shows now, for clicks
@@ -91,6 +93,7 @@
         const prompt = find(PROMPT);
         const subjects = find(SUBJECTS);
         if (!prompt || !subjects || !viewElement()) return;
+        requested = boxValues(prompt, subjects);
         if (!prompt.value.trim() && !subjects.value.trim()) {
             shown = {words: [], subjects: []};
             render([]);
@@ -125,6 +128,16 @@
     function schedule() {
         clearTimeout(timer);
         timer = setTimeout(refresh, DEBOUNCE_MS);
+    }
+
+    const boxValues = (prompt, subjects) => `${prompt.value}\u0000${subjects.value}`;
+
+    // Gradio sets a box's value without an input event when the WebUI changes it (pasting an infotext,
+    // "Send to txt2img", applying a style): the view follows such changes too.
+    function watch() {
+        const prompt = find(PROMPT);
+        const subjects = find(SUBJECTS);
+        if (prompt && subjects && timer === null && boxValues(prompt, subjects) !== requested) schedule();
     }
 
     // The subjects box text with `word` added, or removed when it is already a subject (by its text, or as
@@ -165,6 +178,7 @@
         app.addEventListener("click", (event) => {
             if (viewElement()?.contains(event.target)) onClick(event);
         });
+        setInterval(watch, WATCH_MS);
         refresh();
     }
 

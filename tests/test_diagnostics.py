@@ -21,6 +21,7 @@ from initno.diagnostics import (
     overlay_colours,
     render_diagnostics,
 )
+from initno.guidance import GuidanceSettings, GuidanceTrace, ImageGuidance, Refinement
 from initno.optimize import AttentionSnapshot, Denoiser, ImageRequest, ImageResult, StepRecord, optimize_noise
 from initno.params import InitNOParams
 from initno.scores import Scores
@@ -298,6 +299,40 @@ def test_the_diagnostics_never_import_pyplot():
         for alias in node.names
     ]
     assert imported and not [name for name in imported if "pyplot" in name or name.startswith("modules")]
+
+
+def _guidance_trace(tiny_unet, cat_and_dog, method: str):
+    settings = GuidanceSettings(method, refinements=(Refinement(10, cross=0.0),), max_refinement=2)
+    denoiser = Denoiser(unet=tiny_unet, apply=apply_unet(tiny_unet), timestep=981)
+    guide = ImageGuidance(denoiser, cat_and_dog, [[2], [5]], settings.plan(10))
+    z = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(4))
+    for step, timestep in enumerate(range(901, 0, -100)):
+        z = guide.guide(step, z, float(timestep))
+    return guide.trace
+
+
+def test_the_guidance_trace_is_drawn_under_the_optimisation(real_result, tiny_unet, cat_and_dog, real):
+    trace = _guidance_trace(tiny_unet, cat_and_dog, "initno+")
+    diagnostics = render_diagnostics(real_result, ["cat", "dog"], PARAMS, guidance=trace)
+    assert diagnostics.guidance_points["step"] == [0, 1, 2, 3, 4]  # 5 of 10 steps guided
+    assert diagnostics.guidance_points["cross"] == pytest.approx([s.before["cross"] for s in trace.steps])
+    assert diagnostics.guidance_points["self"] == pytest.approx([s.before["conflict"] for s in trace.steps])
+    assert trace.steps[2].refinement_updates == 2 and trace.refinement_updates == 2
+    kinds = [panel.kind for panel in diagnostics.panels]
+    assert kinds.count("trace") == 1 and kinds.count("guidance") == 1
+    trace_panel, guidance_panel = diagnostics.panel("trace"), diagnostics.panel("guidance")
+    assert guidance_panel.box[1] > trace_panel.box[3]  # below the optimisation's trace
+    assert diagnostics.image.height > real.image.height
+    assert diagnostics.title == real.title
+
+
+def test_an_image_only_guided_shows_the_guidance_alone(tiny_unet, cat_and_dog):
+    trace = _guidance_trace(tiny_unet, cat_and_dog, "ae")
+    diagnostics = render_diagnostics(None, ["cat", "dog"], guidance=trace)
+    assert diagnostics.title.startswith("Sampling guidance: Attend-and-Excite, 5 steps, refined 1× (2 updates)")
+    assert [panel.kind for panel in diagnostics.panels] == ["guidance"]
+    assert "self" not in diagnostics.guidance_points
+    assert diagnostic_image(None, ["cat", "dog"], guidance=GuidanceTrace("ae")) is None
 
 
 def test_the_demo_writes_the_diagnostic_image(tmp_path):

@@ -104,6 +104,27 @@ def test_response_loss_gradient_flows_through_the_peak_value_only():
     assert grad.tolist() == [[[0.0, -1.0], [0.0, 0.0]]]
 
 
+def test_response_loss_tie_gives_the_whole_gradient_to_the_first_subject():
+    # Official: max(max(0, 1 - r) for each subject) with Python's max, which keeps the first of equal
+    # values. Subjects 0 and 2 tie at 1 - 0.5 = 0.5; subject 1 (peak 0.8, loss 0.2) is not the worst.
+    one = torch.tensor([[0.5, 0.1], [0.0, 0.2]])
+    maps = torch.stack([one, one * 0 + torch.tensor([[0.8, 0.0], [0.0, 0.0]]), one]).requires_grad_(True)
+    loss, peaks = response_loss(maps)
+    assert loss.item() == 0.5
+    assert peaks.tolist() == [0, 0, 0]
+    (grad,) = torch.autograd.grad(loss, maps)
+    expected = torch.zeros(3, 2, 2)
+    expected[0, 0, 0] = -1.0  # d(1 - r_0)/d r_0, all of it to the first of the tied subjects
+    assert torch.equal(grad, expected)
+
+
+def test_response_loss_of_exactly_zero_passes_no_gradient():
+    maps = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]], requires_grad=True)  # official: max(0, 1 - 1) is the int 0
+    loss, _ = response_loss(maps)
+    (grad,) = torch.autograd.grad(loss, maps)
+    assert loss.item() == 0.0 and not grad.any()
+
+
 # A 6×6 map: a main blob of three 0.8 pixels with a weak 0.3 pixel attached, a separate 0.5 pixel, a
 # 0.1 pixel, zeros elsewhere. Quantised levels (floor(255 x)): 204 ×3, 76, 127, 25, 0 ×30.
 # Otsu's between-class variance per split (total mean 840/36):

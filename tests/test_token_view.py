@@ -240,8 +240,16 @@ def test_subject_not_in_the_prompt_shows_the_error(page):
     expect_words(page, "cat#2", ".initno-subject")
 
 
-def test_a_model_initno_skips_is_named_under_the_words(page, server):
-    server.unsupported = "SDXL refiner checkpoints are not supported; load an SDXL base checkpoint"
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "SDXL refiner checkpoints are not supported; load an SDXL base checkpoint",
+        "token merging is on; set Settings → Optimizations → Token merging ratio to 0",
+    ],
+)
+def test_a_reason_to_skip_is_named_under_the_words(page, server, reason):
+    """Whatever the route knows before generating (initno.webui.routes): the model, token merging."""
+    server.unsupported = reason
     try:
         prompt_box(page).fill("a cat and a dog")
         settle(page)
@@ -284,3 +292,23 @@ def test_with_the_webui_globals_and_a_shadow_root(browser, server):
     expect_words(page, "cat#2", ".initno-subject")
     page.close()
     assert page.errors == []
+
+
+def test_a_pasted_infotext_is_followed_without_an_input_event(page, server):
+    """Pasting an infotext (or "Send to txt2img") sets the boxes without an input event, as gradio does.
+    Pasting one without InitNO also clears the subjects (initno.webui.ui.paste_fields): the view then
+    shows the new prompt with its automatic subjects, and no request carries the old subjects."""
+    prompt_box(page).fill("a cat and a horse")
+    subjects_box(page).fill("horse")
+    expect_words(page, "horse#5", ".initno-subject")
+    page.evaluate(
+        """() => {
+            document.querySelector("#txt2img_prompt textarea").value = "a cat and a dog";
+            document.querySelector("#initno_txt2img_subjects textarea").value = "";
+        }"""
+    )
+    expect_words(page, "cat#2 dog#5", ".initno-auto")
+    settle(page)
+    expect(page.locator(".initno-error")).to_have_count(0)
+    assert ("a cat and a dog", "horse", 30) not in server.requests
+    assert page.evaluate("window.subjectInputs") == ["horse"]  # the view itself typed nothing

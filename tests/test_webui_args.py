@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from initno.params import InitNOParams
@@ -39,7 +42,11 @@ def test_settings_defaults_apply_and_explicit_values_win():
         ([{"max_rounds": 2.5}], "'max_rounds' must be int, got 2.5"),
         ([{"cross_threshold": "high"}], "'cross_threshold' must be float, got 'high'"),
         ([{"subjects": 3}], "'subjects' must be str, got 3"),
-        ([{"enabled": "maybe"}], "'enabled' must be bool, got 'maybe'"),
+        ([{"enabled": "maybe"}], r"'enabled' must be a boolean \(true or false\), got 'maybe'"),
+        ([{"enabled": "no"}], r"'enabled' must be a boolean \(true or false\), got 'no'"),
+        ([{"diagnostics": "0"}], r"'diagnostics' must be a boolean \(true or false\), got '0'"),
+        ([{"diagnostics": 1}], r"'diagnostics' must be a boolean \(true or false\), got 1"),
+        ([0, "cat"], r"'enabled' must be a boolean \(true or false\), got 0"),
         ([True] + [None] * 20, "at most 12 positional arguments, got 21"),
     ],
 )
@@ -59,14 +66,25 @@ def test_values_as_strings_from_infotext_and_xyz():
         False,
     )
     assert ScriptArgs.from_named({"max_rounds": 3.0}).params.max_rounds == 3  # pasted ints arrive as floats
+    assert ScriptArgs.from_named({"enabled": " TRUE ", "diagnostics": "False"}).enabled
+
+
+def test_booleans_are_json_booleans_or_their_text():
+    enabled = ARGS[0]
+    assert [enabled.convert(v) for v in (True, False, "true", "False")] == [True, False, True, False]
+    for refused in ("yes", "on", "1", "", 0, 1, None, 1.0):
+        with pytest.raises(ArgumentError, match="'enabled' must be a boolean"):
+            enabled.convert(refused)
 
 
 def test_infotext_has_every_parameter_and_leaves_defaults_of_the_optional_ones_out():
     text = ScriptArgs.from_named({"enabled": True, "subjects": "", "max_rounds": 2}).infotext()
     assert text["InitNO max rounds"] == 2
     assert text["InitNO KL bound"] == 0.001
-    assert text["InitNO subjects"] is None and text["InitNO diagnostics"] is None
-    assert len(text) == len(ARGS) - 1
+    assert "InitNO subjects" not in text and "InitNO diagnostics" not in text  # left out, not None
+    assert len(text) == len(ARGS) - 3
+    chosen = ScriptArgs.from_named({"subjects": "cat", "diagnostics": True}).infotext()
+    assert (chosen["InitNO subjects"], chosen["InitNO diagnostics"]) == ("cat", True)
     assert len({a.infotext for a in ARGS}) == len(ARGS)
 
 
@@ -74,3 +92,28 @@ def test_requests_enabled_reads_only_the_switch():
     assert ScriptArgs.requests_enabled([{"max_rounds": "not checked yet"}])
     assert not ScriptArgs.requests_enabled([False, "cat", "not checked"])
     assert not ScriptArgs.requests_enabled([])
+
+
+def _readme_controls_table() -> list[tuple[str, str]]:
+    """(control, default) per row of the README's controls table (section Use)."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = text.split("| Control | Default | What it does |\n|---|---|---|\n", 1)[1].split("\n\n", 1)[0]
+    rows = [[cell.strip() for cell in line.strip("|").split(" | ")] for line in table.splitlines()]
+    return [(control.removeprefix("*Advanced:* "), default) for control, default, _ in rows]
+
+
+def test_the_readme_documents_the_positional_order_the_code_accepts():
+    table = _readme_controls_table()
+    assert [control for control, _ in table] == [arg.label for arg in ARGS]
+    shown = {False: "off", "": "empty"}
+    assert [default for _, default in table] == [shown.get(arg.default, str(arg.default)) for arg in ARGS]
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    listed = re.search(r"`GET /initno/v1/schema` lists: `([^`]+)`", readme.replace("\n", " ")).group(1)
+    assert listed.split(", ") == [arg.name for arg in ARGS]
+    # and the documented order is the accepted one: each value lands on the argument its row names
+    values = {"enabled": True, "subjects": "cat", "max_rounds": 3, "steps_per_round": 4, "fallback_steps": 6}
+    values |= {"cross_threshold": 0.25, "conflict_threshold": 0.35, "learning_rate": 0.02, "adam_eps": 0.002}
+    values |= {"kl_bound": 0.003, "kl_max_steps": 500, "diagnostics": True}
+    by_label = {arg.label: arg.name for arg in ARGS}
+    positional = [values[by_label[control]] for control, _ in table]
+    assert ScriptArgs.from_script_args(positional).as_named() == values

@@ -37,16 +37,9 @@ class Arg:
 
     def convert(self, value: Any) -> Any:
         """`value` as this argument's type, or ArgumentError naming the argument."""
+        if self.kind is bool:
+            return self._convert_bool(value)
         try:
-            if self.kind is bool:
-                if isinstance(value, str):
-                    lowered = value.strip().lower()
-                    if lowered not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
-                        raise ValueError(value)
-                    return lowered in ("true", "1", "yes", "on")
-                if not isinstance(value, (bool, int)) or value not in (0, 1):
-                    raise ValueError(value)
-                return bool(value)
             if self.kind is str:
                 if not isinstance(value, str):
                     raise ValueError(value)
@@ -65,6 +58,16 @@ class Arg:
                 f"InitNO argument {self.name!r} must be between {self.minimum} and {self.maximum}, got {value!r}"
             )
         return number
+
+    def _convert_bool(self, value: Any) -> bool:
+        """A JSON boolean, or its text "true"/"false" (any case) as an infotext or an X/Y/Z axis writes it.
+        Anything else ("no", "0", 1, None) is refused: a switch that silently reads as on or off is worse
+        than a message."""
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        raise ArgumentError(f"InitNO argument {self.name!r} must be a boolean (true or false), got {value!r}")
 
 
 ENGINE_INFOTEXT = {
@@ -183,9 +186,8 @@ class ScriptArgs:
 
     def infotext(self) -> dict[str, Any]:
         """The settings for the PNG info: every parameter (the outcome is added by the job). Empty
-        subjects (automatic) and diagnostics off are left out."""
+        subjects (automatic) and diagnostics off are left out, as keys, not as None values: the API's
+        `info` shows `extra_generation_params` as they are."""
         named = self.as_named()
-        values = {arg.infotext: named[arg.name] for arg in ARGS if arg.name != "enabled"}
-        values[BY_NAME["subjects"].infotext] = self.subjects or None
-        values[BY_NAME["diagnostics"].infotext] = True if self.diagnostics else None
-        return values
+        left_out = {"enabled"} | {name for name in ("subjects", "diagnostics") if not named[name]}
+        return {arg.infotext: named[arg.name] for arg in ARGS if arg.name not in left_out}

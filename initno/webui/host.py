@@ -4,7 +4,8 @@ host tokenises it, and each image's conditioning at the first step."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -13,7 +14,7 @@ from modules import devices, prompt_parser, sd_unet, shared
 from ..clip_bpe import ClipTokenizer
 from ..optimize import Denoiser
 from ..prompt import Chunk
-from ..subjects import PromptTokens, join_prompts, read_chunks
+from ..subjects import CHUNK_LENGTH, PromptTokens, join_prompts, read_chunks
 
 
 class Unsupported(Exception):
@@ -116,13 +117,20 @@ def checkpoint_blocks(p) -> bool:
     return free is not None and activation_bytes(p) > 0.8 * free
 
 
-def denoiser(p) -> Denoiser:
-    model = p.sd_model
-    if getattr(p, "get_token_merging_ratio", lambda: 0)() > 0:
+def check_before_generating(model, token_merging_ratio: float) -> torch.nn.Module:
+    """Every reason to skip InitNO that is known before a generation starts (the model, the settings):
+    raises Unsupported with it; else returns the UNet. The token view asks this too, so that it warns
+    before the user generates."""
+    if token_merging_ratio > 0:
         # ToMe merges the tokens the attention maps are made of: the maps would no longer be a grid.
         raise Unsupported("token merging is on; set Settings → Optimizations → Token merging ratio to 0")
+    return unet_of(model)
+
+
+def denoiser(p) -> Denoiser:
+    model = p.sd_model
     return Denoiser(
-        unet=unet_of(model),
+        unet=check_before_generating(model, p.get_token_merging_ratio()),
         apply=model.apply_model,
         timestep=first_timestep(p),
         context_transform=hypernetwork_transform(),
@@ -205,14 +213,56 @@ def softmax_positions(model, prompt: PromptTokens) -> list[int] | None:
 
 def image_conditioning(p, index: int, part_lengths: tuple[int, ...]):
     """Image `index`'s conditioning at the first step, cond branch only: its AND parts' rows of `p.c`,
-    each cut to its own length and joined along the tokens (SDXL: with the first part's pooled vector)."""
+    each cut to its own length and joined along the tokens (SDXL: with the first part's pooled vector).
+
+    Rows that an extension put in front of every prompt's context (as many as the rows beyond whole
+    77-token chunks) are kept once, in front of the joined parts. ControlNet (v1.1.455, scripts/hook.py)
+    marks each prompt's context in `p.c` with one such row (+1024 everywhere for a positive prompt, −1024
+    for a negative one); its UNet forward strips it again and reads it to tell the cond rows from the
+    uncond rows. So in InitNO's passes the hook finds the positive marker the sampler's cond branch has,
+    and the UNet's cross-attention sees exactly the prompt's context: the token positions InitNO reads
+    stay those of the unmarked prompt."""
     conds_list, batch = prompt_parser.reconstruct_multicond_batch(p.c, 0)
     rows = [row for row, _weight in conds_list[index]]
 
     def tokens_of(tensor):
-        joined = torch.cat([tensor[row][:length] for row, length in zip(rows, part_lengths)])
+        lead = tensor.shape[1] % CHUNK_LENGTH
+        parts = [tensor[row][lead : lead + length] for row, length in zip(rows, part_lengths)]
+        joined = torch.cat([tensor[rows[0]][:lead], *parts])
         return joined[None].clone()  # a normal tensor even if the host made it under inference mode
 
     if isinstance(batch, dict):
         return {"crossattn": tokens_of(batch["crossattn"]), "vector": batch["vector"][rows[0]][None].clone()}
     return tokens_of(batch)
+
+
+@contextlib.contextmanager
+def gradients_through_blocks(unet: torch.nn.Module) -> Iterator[None]:
+    """Keeps InitNO's passes differentiable through every block of the UNet, whatever wraps its forward.
+
+    ControlNet (v1.1.455, scripts/hook.py) replaces the UNet's forward with its own, which runs the time
+    embedding, the encoder and the middle block under `torch.no_grad()` (harmless while sampling, which
+    runs without gradients anyway). In InitNO's passes that would leave the maps of those blocks without
+    a gradient, and the noise would only be reached through ControlNet's residuals. Meanwhile, a pass that
+    starts with gradients on switches them back on at each block; the enclosing `no_grad` restores the
+    mode it found (on) when it exits, so nothing outlives the pass, and every hook is removed afterwards."""
+    wanted = False
+
+    def on_unet_input(_module, _args) -> None:
+        nonlocal wanted
+        wanted = torch.is_grad_enabled()
+
+    def on_block_input(_module, _args) -> None:
+        if wanted and not torch.is_grad_enabled():
+            torch.set_grad_enabled(True)
+
+    blocks = []
+    for child in unet.children():  # ldm/sgm: time_embed, input_blocks[i], middle_block, output_blocks[i], out
+        blocks.extend(child if isinstance(child, torch.nn.ModuleList) else [child])
+    handles = [unet.register_forward_pre_hook(on_unet_input)]
+    try:
+        handles += [block.register_forward_pre_hook(on_block_input) for block in blocks]
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

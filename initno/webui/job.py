@@ -17,7 +17,7 @@ from modules import devices, images, shared
 from ..diagnostics import diagnostic_image
 from ..optimize import ImageRequest, ImageResult, optimize_noise
 from ..scores import Scores
-from ..subjects import Subject, SubjectError, choose_subjects
+from ..subjects import Subject, choose_subjects, require_subjects
 from . import host
 from .args import ScriptArgs
 
@@ -50,12 +50,16 @@ class ImageOutcome:
         return "; ".join(f"{s.text} {' '.join(map(str, s.positions))}" for s in self.subjects) + auto
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def _status(result: ImageResult) -> str:
     if result.cancelled:
-        return f"interrupted after {result.steps} step{'s' if result.steps != 1 else ''}"
-    rounds = f"{result.rounds} round{'s' if result.rounds != 1 else ''}" + (" + fallback" if result.fallback else "")
+        return f"interrupted after {_count(result.steps, 'step')}"
+    rounds = _count(result.rounds, "round") + (" + fallback" if result.fallback else "")
     reached = "valid" if result.valid else "not valid"
-    return f"{reached}, {rounds}, {result.steps} steps"
+    return f"{reached}, {rounds}, {_count(result.steps, 'step')}"
 
 
 OUTCOME_KEYS = {
@@ -157,14 +161,13 @@ class InitNOJob:
 
     def _optimise(self, denoiser, requests: list[ImageRequest]):
         progress = _Progress(self.args.params, len(requests))
-        return optimize_noise(denoiser, requests, self.args.params, progress=progress, cancel=_cancelled)
+        with host.gradients_through_blocks(denoiser.unet):
+            return optimize_noise(denoiser, requests, self.args.params, progress=progress, cancel=_cancelled)
 
     def _request(self, p, i: int, noise: torch.Tensor) -> tuple[list[Subject], ImageRequest]:
         prompt = host.read_prompt(p, i)
         subjects = choose_subjects(prompt.tokens, self.args.subjects, prompt.encode)
-        if not subjects:
-            words = ", ".join(w.text for w in prompt.tokens.words())
-            raise SubjectError(f"no subjects found automatically in the prompt ({words}); type them in Subjects")
+        require_subjects(prompt.tokens, subjects)
         cond = host.image_conditioning(p, i, prompt.part_lengths)
         positions = [list(s.positions) for s in subjects]
         softmax = host.softmax_positions(p.sd_model, prompt.tokens)
@@ -204,7 +207,7 @@ class InitNOJob:
                     suffix="-initno",
                 )
         if added:
-            processed.extra_generation_params["InitNO diagnostic images"] = ", ".join(map(str, added))
+            processed.extra_generation_params["InitNO diagnostic images"] = added  # indices into `images`
 
     def _skip(self, p, indices: list[int], reason: str) -> None:
         for index in indices:

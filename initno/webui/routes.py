@@ -2,7 +2,8 @@
 
 - `POST /initno/v1/tokens` `{"prompt": str, "subjects": str, "steps": int = 20}` -> the prompt's tokens as
   the loaded model's text encoder sees them and the subjects' positions (the token view uses it), and
-  `unsupported`: why InitNO will skip the loaded model (e.g. an SDXL refiner), or null;
+  `unsupported`: why InitNO will be skipped, as far as it is known before generating (the loaded model,
+  e.g. an SDXL refiner; token merging in the settings; no subjects found automatically), or null;
   422 `{"detail": message}` for a subject that cannot be mapped.
 - `GET /initno/v1/schema` -> the arguments: name, type, default, range, infotext key, in positional order.
 """
@@ -13,7 +14,7 @@ from fastapi import FastAPI, HTTPException
 from modules import extra_networks, shared
 from pydantic import BaseModel
 
-from ..subjects import SubjectError, choose_subjects, report
+from ..subjects import PromptTokens, SubjectError, choose_subjects, report, require_subjects
 from . import host
 from .args import ARGS
 
@@ -31,16 +32,19 @@ def tokens(request: TokensRequest) -> dict:
     prompt, _ = extra_networks.parse_prompt(request.prompt)
     try:
         read = host.read_prompt_text(model, prompt, max(request.steps, 1))
-        answer = report(read.tokens, choose_subjects(read.tokens, request.subjects, read.encode))
+        subjects = choose_subjects(read.tokens, request.subjects, read.encode)
     except (SubjectError, ValueError) as error:
         raise HTTPException(status_code=422, detail=str(error)) from None
-    return {**answer, "unsupported": _unsupported(model)}
+    return {**report(read.tokens, subjects), "unsupported": _unsupported(model, read.tokens, subjects)}
 
 
-def _unsupported(model) -> str | None:
+def _unsupported(model, prompt: PromptTokens, subjects: list) -> str | None:
+    """The first reason the generation would give, in its order: the model and settings, then the prompt.
+    A per-request override of the token merging ratio is not known here: the setting is."""
     try:
-        host.unet_of(model)
-    except host.Unsupported as reason:
+        host.check_before_generating(model, getattr(shared.opts, "token_merging_ratio", 0))
+        require_subjects(prompt, subjects)
+    except (host.Unsupported, SubjectError) as reason:
         return str(reason)
     return None
 

@@ -5,7 +5,8 @@
   `"alwayson_scripts": {"initno": {"args": [...]}}`. Its hooks do all the work.
 - `InitNODropdown` ("InitNO" in the Script dropdown): turns InitNO on for one generation. In the UI it
   uses the accordion's settings; through the API (`"script_name": "initno", "script_args": [...]`) it uses
-  its own arguments, carried by hidden controls. So users see one set of controls, and both API forms work.
+  its own arguments, carried by hidden controls (and honours `"enabled": false` there, as the always-on
+  form does). So users see one set of controls, and both API forms work.
 
 A1111 finds an always-on script by the first title match in its script list, so the always-on class
 must be registered first (it is defined first here and imported first by the shim).
@@ -98,15 +99,17 @@ class InitNODropdown(scripts.Script):
 
     def run(self, p, *args):
         if getattr(p, "is_api", False):
+            # The API's own arguments: InitNO on (this entry is chosen to run it), unless they say
+            # `"enabled": false` or start with a positional false, which is honoured: no InitNO.
             try:
-                chosen = ScriptArgs.from_script_args(args, ui.setting_defaults())
+                chosen = ScriptArgs.from_script_args(args, {**ui.setting_defaults(), "enabled": True})
             except ArgumentError as error:
                 from fastapi import HTTPException
 
                 raise HTTPException(status_code=422, detail=str(error)) from None
-        else:
+        else:  # choosing the entry in the UI is what switches InitNO on, with the section's settings
             always_on = next(s for s in p.scripts.alwayson_scripts if isinstance(s, InitNOAlwaysOn))
             values = p.script_args[always_on.args_from : always_on.args_to]
-            chosen = ScriptArgs.from_script_args(values, ui.setting_defaults())
-        setattr(p, DROPDOWN_ARGS, chosen.replace(enabled=True))
+            chosen = ScriptArgs.from_script_args(values, ui.setting_defaults()).replace(enabled=True)
+        setattr(p, DROPDOWN_ARGS, chosen)  # also decides over `alwayson_scripts` in the same request
         return processing.process_images(p)

@@ -10,7 +10,10 @@ from modules.ui_components import InputAccordion
 from . import host
 from .args import ARGS, BY_NAME, Arg
 
-SETTINGS_SECTION = ("initno", "InitNO")
+SETTINGS_SECTION = ("initno", "InitNO", "sd")
+"""Settings → InitNO, listed under the host's "Stable Diffusion" category with the other generation settings
+(Sampler parameters, Optimizations): A1111 1.10 has no category for extensions, and an option without
+one is listed under "Uncategorized"."""
 DEFAULTABLE = [arg for arg in ARGS if arg.name not in ("enabled", "subjects")]
 
 
@@ -24,16 +27,14 @@ def setting_defaults() -> dict:
 
 
 def register_settings() -> None:
-    shared.opts.add_option(
-        "initno_checkpointing",
-        shared.OptionInfo(
+    options = {
+        "initno_checkpointing": shared.OptionInfo(
             "Automatic",
             "Memory: recompute transformer activations in the backward pass (gradient checkpointing)",
             gr.Radio,
             {"choices": list(host.CHECKPOINTING)},
-            section=SETTINGS_SECTION,
-        ).info("less memory for about one more forward per step; Automatic: when the GPU's free memory is short"),
-    )
+        ).info("less memory for about one more forward per step; Automatic: when the GPU's free memory is short")
+    }
     for arg in DEFAULTABLE:
         if arg.kind is bool:
             component, component_args = gr.Checkbox, {}
@@ -42,12 +43,12 @@ def register_settings() -> None:
             component_args = {"minimum": arg.minimum, "maximum": arg.maximum, "step": arg.step}
         else:
             component, component_args = gr.Number, {}
-        option = shared.OptionInfo(
-            arg.default, f"{arg.label} (default)", component, component_args, section=SETTINGS_SECTION
-        )
+        option = shared.OptionInfo(arg.default, f"{arg.label} (default)", component, component_args)
         # The controls take these defaults when the UI is built: a UI reload applies a change.
         option = option.info(arg.help) if arg.help else option
-        shared.opts.add_option(setting_key(arg), option.needs_reload_ui())
+        options[setting_key(arg)] = option.needs_reload_ui()
+    for key, option in shared.options_section(SETTINGS_SECTION, options).items():
+        shared.opts.add_option(key, option)
 
 
 def _control(arg: Arg, value, elem_id: str, visible: bool = True):
@@ -100,11 +101,19 @@ def paste_fields(controls: list) -> list:
     for arg, control in zip(ARGS, controls):
         if arg.name == "enabled":
             fields.append((control, lambda params: "InitNO" in params))
-        elif arg.name in ("subjects", "diagnostics"):
+        elif arg.name == "subjects":
+            fields.append((control, _subjects_of_the_pasted_prompt))
+        elif arg.name == "diagnostics":
             fields.append((control, _when_initno(arg)))
         else:
             fields.append((control, arg.infotext))
     return fields
+
+
+def _subjects_of_the_pasted_prompt(params) -> str:
+    """Subjects belong to their prompt: the pasted prompt brings its own, or none (automatic), whether or
+    not the infotext has InitNO; old subjects left behind would not be in the new prompt."""
+    return params.get(BY_NAME["subjects"].infotext, "")
 
 
 def _when_initno(arg: Arg):

@@ -134,6 +134,26 @@ def test_tokens_route_reads_the_prompt_as_the_loaded_model_does(webui):
     assert "subject 'horse' is not in the prompt; the prompt's words are: a#1, cat#2" in bad.json()["detail"]
 
 
+def test_tokens_route_names_every_reason_to_skip_known_before_generating(webui, monkeypatch):
+    from modules import shared
+
+    def unsupported(prompt="a cat and a dog"):
+        response = webui.client.post("/initno/v1/tokens", json={"prompt": prompt, "subjects": ""})
+        assert response.status_code == 200, response.text
+        return response.json()["unsupported"]
+
+    assert unsupported() is None
+    assert unsupported("1girl, forest") == (
+        "no subjects found automatically in the prompt (1, girl, ,, forest); type them in Subjects"
+    )  # the words are still listed: the user can click one
+    monkeypatch.setattr(shared.opts, "token_merging_ratio", 0.3)  # Settings → Optimizations
+    assert unsupported() == "token merging is on; set Settings → Optimizations → Token merging ratio to 0"
+    monkeypatch.setattr(type(webui.model), "is_sd3", True, raising=False)
+    assert unsupported().startswith("token merging is on")  # the first reason, as the generation reports it
+    monkeypatch.setattr(shared.opts, "token_merging_ratio", 0.0)
+    assert unsupported().startswith("SD3 models have no UNet")
+
+
 def test_schema_route_lists_the_arguments_in_positional_order(webui):
     from initno.webui.args import ARGS
 
@@ -150,6 +170,16 @@ def test_schema_route_lists_the_arguments_in_positional_order(webui):
         "infotext": "InitNO max rounds",
         "help": "Restarts from fresh noise before the fallback run.",
     }
+
+
+def test_settings_are_listed_under_the_stable_diffusion_category(webui):
+    from modules import shared
+
+    shared.opts.reorder()  # as the host does when it builds the Settings page
+    keys = [key for key in shared.opts.data_labels if key.startswith("initno_")]
+    assert len(keys) == 11  # Memory, and the default of each number and of the diagnostic image
+    assert {shared.opts.data_labels[key].section for key in keys} == {("initno", "InitNO")}
+    assert {shared.opts.category_label(key) for key in keys} == {"Stable Diffusion"}  # not "Uncategorized"
 
 
 def test_settings_page_defaults_reach_the_controls_and_the_api(webui):

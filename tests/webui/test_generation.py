@@ -123,6 +123,26 @@ def test_api_rejects_bad_arguments_naming_them(webui):
     assert "InitNO: \"skipped: argument 'max_rounds' must be int, got 'x'\"" in info["infotexts"][0]
 
 
+def test_api_script_name_honours_enabled_false(webui, monkeypatch):
+    """The dropdown entry follows the always-on form's rule: on, unless the arguments switch it off."""
+    spy = OptimiseSpy(monkeypatch)
+    body = {"prompt": "a cat and a dog", "seed": 3, **SIZE, "script_name": "initno"}
+    for off in ([{"enabled": False, **QUICK}], [False, "cat, dog", 2, 2, 2]):
+        response = webui.client.post("/sdapi/v1/txt2img", json={**body, "script_args": off})
+        assert response.status_code == 200, response.text
+        assert "InitNO" not in json.loads(response.json()["info"])["infotexts"][0]
+    assert spy.calls == []
+    both = {**body, "script_args": [{"enabled": False}], "alwayson_scripts": {"initno": {"args": [ON]}}}
+    response = webui.client.post("/sdapi/v1/txt2img", json=both)
+    assert "InitNO" not in json.loads(response.json()["info"])["infotexts"][0]  # the chosen entry decides
+    assert spy.calls == []
+    response = webui.client.post("/sdapi/v1/txt2img", json={**body, "script_args": [{**QUICK, "subjects": "dog"}]})
+    assert "InitNO tokens: dog 5" in json.loads(response.json()["info"])["infotexts"][0]
+    response = webui.client.post("/sdapi/v1/txt2img", json={**body, "script_args": [{"enabled": "no"}]})
+    assert response.status_code == 422
+    assert "'enabled' must be a boolean (true or false), got 'no'" in response.text
+
+
 def test_hires_second_pass_is_left_alone(webui, monkeypatch):
     seen = []
     real = job_module.InitNOJob.run_batch
@@ -227,7 +247,12 @@ def test_infotext_round_trip_restores_the_controls(webui):
         expected = settings.get(arg.name, arg.default)
         assert arg.convert(by_component[id(control)]) == expected, arg.name
     without = infotext_utils.paste("a cat\nSteps: 4, Sampler: Euler, Seed: 1, Size: 64x64", fields)
-    assert without[[c for c, _ in fields].index(script.controls[0])] is False  # InitNO switched off
+    pasted_into = dict(zip([id(c) for c, _ in fields], without))
+    assert pasted_into[id(script.controls[0])] is False  # InitNO switched off
+    assert pasted_into[id(script.controls[1])] == ""  # no stale subjects left for the new prompt
+    assert pasted_into[id(script.controls[2])] is infotext_utils.UNCHANGED  # the settings stay
+    automatic = infotext_utils.paste(processed.infotexts[0].replace("InitNO subjects: cat, ", ""), fields)
+    assert dict(zip([id(c) for c, _ in fields], automatic))[id(script.controls[1])] == ""
 
 
 def test_xyz_axes_apply_to_their_cell(webui, monkeypatch):
@@ -349,9 +374,7 @@ def test_faults_skip_initno_with_a_clear_message(webui, monkeypatch, fault, mess
 
         monkeypatch.setattr(job_module, "optimize_noise", oom)
     elif fault == "token_merging":
-        monkeypatch.setattr(
-            processing.StableDiffusionProcessing, "get_token_merging_ratio", lambda self, for_hr=False: 0.5
-        )
+        monkeypatch.setattr(shared.opts, "token_merging_ratio", 0.5)  # Settings → Optimizations
     elif fault == "nan":
         real_apply = webui.model.apply_model
 
@@ -390,3 +413,17 @@ def test_memory_is_freed_after_the_optimisation(webui):
     before = devices.gc_calls
     webui.txt2img(ON, **SIZE)
     assert devices.gc_calls > before
+
+
+def test_outcome_wording_counts_in_the_singular_and_plural():
+    from initno.optimize import ImageResult
+
+    def status(rounds, steps, fallback=False, valid=True, cancelled=False):
+        result = ImageResult(None, valid, rounds, steps, fallback, cancelled, None, None, None, None)
+        return job_module._status(result)
+
+    assert status(1, 1) == "valid, 1 round, 1 step"
+    assert status(2, 15) == "valid, 2 rounds, 15 steps"
+    assert status(5, 91, fallback=True, valid=False) == "not valid, 5 rounds + fallback, 91 steps"
+    assert status(1, 1, cancelled=True) == "interrupted after 1 step"
+    assert status(1, 7, cancelled=True) == "interrupted after 7 steps"

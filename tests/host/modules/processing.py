@@ -29,6 +29,9 @@ def get_fixed_seed(seed):
 
 
 class StableDiffusionProcessing:
+    token_merging_ratio = 0
+    token_merging_ratio_hr = 0
+
     def __init__(
         self,
         prompt="",
@@ -105,7 +108,14 @@ class StableDiffusionProcessing:
         return opts.samples_save and not self.do_not_save_samples and not (state.interrupted or state.skipped)
 
     def get_token_merging_ratio(self, for_hr=False):
-        return 0
+        if for_hr:
+            return (
+                self.token_merging_ratio_hr
+                or opts.token_merging_ratio_hr
+                or self.token_merging_ratio
+                or opts.token_merging_ratio
+            )
+        return self.token_merging_ratio or opts.token_merging_ratio
 
     def close(self):
         self.sampler = None

@@ -1,9 +1,11 @@
-"""Mirrors modules/shared.py, modules/options.py (Options, OptionInfo, options_section) and
-modules/shared_state.py (State)."""
+"""Mirrors modules/shared.py, modules/options.py (Options with `reorder`, OptionInfo, options_section, the
+settings categories), modules/shared_options.py (the categories it registers, the settings the stand-in
+reads) and modules/shared_state.py (State)."""
 
 from __future__ import annotations
 
 import types
+from dataclasses import dataclass
 
 import torch
 
@@ -44,6 +46,33 @@ class OptionInfo:
 
     def needs_reload_ui(self):
         return self
+
+
+@dataclass
+class OptionsCategory:
+    id: str
+    label: str
+
+
+class OptionsCategories:
+    def __init__(self):
+        self.mapping = {}
+
+    def register_category(self, category_id, label):
+        if category_id in self.mapping:
+            return category_id
+        self.mapping[category_id] = OptionsCategory(category_id, label)
+
+
+categories = OptionsCategories()
+# modules/shared_options.py registers these, in this order; an option without a known category is shown
+# under "Uncategorized" (Options.dumpjson).
+categories.register_category("saving", "Saving images")
+categories.register_category("sd", "Stable Diffusion")
+categories.register_category("ui", "User Interface")
+categories.register_category("system", "System")
+categories.register_category("postprocessing", "Postprocessing")
+categories.register_category("training", "Training")
 
 
 def options_section(section_identifier, options_dict):
@@ -87,28 +116,79 @@ class Options:
         self.data[key] = value
         return True
 
+    def reorder(self):
+        """Called when the Settings page is built (ui_settings.py): every option of a section takes the
+        category of the section's first option; categories in registration order, sections by label."""
+        category_ids, section_categories = {}, {}
+        settings_items = self.data_labels.items()
+        for _, item in settings_items:
+            if item.section not in section_categories:
+                section_categories[item.section] = item.category_id
+        for _, item in settings_items:
+            item.category_id = section_categories.get(item.section)
+        for category_id in categories.mapping:
+            if category_id not in category_ids:
+                category_ids[category_id] = len(category_ids)
 
-# The host defaults of the settings the stand-in reads (modules/shared_options.py).
+        def sort_key(x):
+            item = x[1]
+            return category_ids.get(item.category_id, len(category_ids)), item.section[1]
+
+        object.__setattr__(self, "data_labels", dict(sorted(settings_items, key=sort_key)))
+
+    def category_label(self, key):
+        """The heading an option is listed under on the Settings page (Options.dumpjson's rule)."""
+        category = categories.mapping.get(self.data_labels[key].category_id)
+        return "Uncategorized" if category is None else category.label
+
+
+# The host defaults of the settings the stand-in reads, in their sections (modules/shared_options.py).
 opts = Options(
     {
-        "emphasis": OptionInfo("Original"),
-        "comma_padding_backtrack": OptionInfo(20),
-        "use_old_scheduling": OptionInfo(False),
-        "randn_source": OptionInfo("GPU"),
-        "eta_noise_seed_delta": OptionInfo(0),
-        "always_discard_next_to_last_sigma": OptionInfo(False),
-        "sgm_noise_multiplier": OptionInfo(False),
-        "batch_cond_uncond": OptionInfo(True),
-        "infotext_skip_pasting": OptionInfo([]),
-        "return_grid": OptionInfo(True),
-        "samples_save": OptionInfo(True),
-        "samples_format": OptionInfo("png"),
-        "save_images_add_number": OptionInfo(True),
-        "disable_extra_networks": OptionInfo(False),
-        "sdxl_crop_top": OptionInfo(0),
-        "sdxl_crop_left": OptionInfo(0),
-        "sdxl_refiner_low_aesthetic_score": OptionInfo(2.5),
-        "sdxl_refiner_high_aesthetic_score": OptionInfo(6.0),
+        **options_section(
+            ("saving-images", "Saving images/grids", "saving"),
+            {
+                "samples_save": OptionInfo(True),
+                "samples_format": OptionInfo("png"),
+                "save_images_add_number": OptionInfo(True),
+            },
+        ),
+        **options_section(
+            ("sd", "Stable Diffusion", "sd"),
+            {
+                "emphasis": OptionInfo("Original"),
+                "comma_padding_backtrack": OptionInfo(20),
+                "randn_source": OptionInfo("GPU"),
+            },
+        ),
+        **options_section(
+            ("sdxl", "Stable Diffusion XL", "sd"),
+            {
+                "sdxl_crop_top": OptionInfo(0),
+                "sdxl_crop_left": OptionInfo(0),
+                "sdxl_refiner_low_aesthetic_score": OptionInfo(2.5),
+                "sdxl_refiner_high_aesthetic_score": OptionInfo(6.0),
+            },
+        ),
+        **options_section(
+            ("optimizations", "Optimizations", "sd"),
+            {
+                "batch_cond_uncond": OptionInfo(True),
+                "token_merging_ratio": OptionInfo(0.0),
+                "token_merging_ratio_hr": OptionInfo(0.0),
+            },
+        ),
+        **options_section(("compatibility", "Compatibility", "sd"), {"use_old_scheduling": OptionInfo(False)}),
+        **options_section(("infotext", "Infotext", "ui"), {"infotext_skip_pasting": OptionInfo([])}),
+        **options_section(("ui_gallery", "Gallery", "ui"), {"return_grid": OptionInfo(True)}),
+        **options_section(
+            ("sampler-params", "Sampler parameters", "sd"),
+            {
+                "eta_noise_seed_delta": OptionInfo(0),
+                "always_discard_next_to_last_sigma": OptionInfo(False),
+                "sgm_noise_multiplier": OptionInfo(False),
+            },
+        ),
     }
 )
 

@@ -1,0 +1,125 @@
+"""Attention guidance inside the host's sampler (A1111 v1.10, facts in `a1111-host.md` §3 and the sampler
+notes): at the start of each guided step, every image's latent is moved in place, on the very tensor the
+sampler keeps using, before the sampler's own model call at that step.
+
+Where: `p.sampler.model_wrap_cfg.forward` (the CFG denoiser every sampler calls with its state x) and
+`p.sampler.callback_state` (called once per step), both overridden on that sampler instance only; the host
+creates a new sampler for every batch and for the hires pass, so nothing can outlive the batch, and
+`remove()` takes both off again after sampling.
+
+Which call carries the sampler's state at step i: the first call of all, then the first call after each
+callback, except for second-order samplers (Heun, DPM2, DPM2 a, DPM++ 2S a, DPM++ SDE, Restart), whose
+callback comes between the state call and the call on their intermediate latent: there it is the second
+call after the callback. k-diffusion samplers hold x = z·sqrt(1 + σ²) and get `kdiffusion_guide`;
+DDIM, DDIM CFG++ and PLMS hold z itself and are called with the timestep. UniPC (its later calls see the
+predictor's temporary, never the state), DPM fast and DPM adaptive (no step per callback) are refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ..guidance import ImageGuidance, kdiffusion_guide
+
+REFUSED_SAMPLERS = {
+    "UniPC": "its model calls after the first see the predictor's temporary latent, never the sampler's own",
+    "DPM fast": "it has no one-to-one sampling steps to guide",
+    "DPM adaptive": "it has no one-to-one sampling steps to guide",
+}
+
+
+def refusal(sampler_name: str) -> str | None:
+    """Why sampling guidance cannot run with this sampler, or None."""
+    reason = REFUSED_SAMPLERS.get(sampler_name)
+    return f"sampling guidance does not support the {sampler_name} sampler: {reason}" if reason else None
+
+
+class SamplerGuidance:
+    """Guides each image of one batch while the host samples it.
+
+    `guides[b]` guides image b of the batch (None: that image is not guided); `on_fault(error)` is called
+    once if a guidance pass fails, after which the batch samples on unguided."""
+
+    def __init__(self, sampler, guides: list[ImageGuidance | None], on_fault: Callable[[BaseException], None]):
+        self.sampler = sampler
+        self.guides = guides
+        self.on_fault = on_fault
+        self.denoiser = sampler.model_wrap_cfg
+        options = getattr(getattr(sampler, "config", None), "options", None) or {}
+        self.state_call_offset = 1 if options.get("second_order") else 0
+        wrap = getattr(sampler, "model_wrap", None)
+        self.sigma_to_t = getattr(wrap, "sigma_to_t", None) if hasattr(sampler, "get_sigmas") else None
+        self.callbacks = 0
+        self.calls_since_callback = 0
+        self.failed = False
+        self._installed: list[tuple[object, str, object]] = []
+
+    # -- installing -------------------------------------------------------------------------------------
+
+    def install(self) -> SamplerGuidance:
+        self._override(self.denoiser, "forward", self._forward(self.denoiser.forward))
+        self._override(self.sampler, "callback_state", self._callback(self.sampler.callback_state))
+        return self
+
+    def _override(self, owner, name: str, value) -> None:
+        self._installed.append((owner, name, owner.__dict__.get(name, _ABSENT)))
+        setattr(owner, name, value)
+
+    def remove(self) -> None:
+        for owner, name, previous in reversed(self._installed):
+            if previous is _ABSENT:
+                owner.__dict__.pop(name, None)
+            else:
+                setattr(owner, name, previous)
+        self._installed.clear()
+
+    # -- the overrides ----------------------------------------------------------------------------------
+
+    def _callback(self, original):
+        def callback_state(d):
+            self.callbacks += 1
+            self.calls_since_callback = 0
+            return original(d)
+
+        return callback_state
+
+    def _forward(self, original):
+        def forward(x, sigma, *args, **kwargs):
+            state_call = self.calls_since_callback == (0 if self.callbacks == 0 else self.state_call_offset)
+            self.calls_since_callback += 1
+            if state_call and not self.failed:
+                self._guide(x, sigma)
+            return original(x, sigma, *args, **kwargs)
+
+        return forward
+
+    def _guide(self, x: torch.Tensor, sigma: torch.Tensor) -> None:
+        step = self.callbacks
+        try:
+            moved = []
+            for index, guide in enumerate(self.guides):
+                if guide is None:
+                    continue
+                latent, level = x[index : index + 1], float(sigma[index])
+                if self.sigma_to_t is not None:  # k-diffusion: sigma in, the UNet's timestep for the pass
+                    timestep = float(self.sigma_to_t(torch.as_tensor(level, device=self.sigma_device())))
+                    new = kdiffusion_guide(guide.guide, step, latent, level, timestep)
+                else:  # DDIM, PLMS: the sampler holds z_t and passes the timestep itself
+                    new = guide.guide(step, latent, level)
+                moved.append((index, new))
+        except Exception as error:  # the image generates unguided; the infotext says why
+            self.failed = True
+            self.on_fault(error)
+            return
+        with torch.no_grad():
+            for index, new in moved:  # in place: the sampler's own tensor, after every image succeeded
+                x[index].copy_(new[0].to(dtype=x.dtype, device=x.device))
+
+    def sigma_device(self):
+        log_sigmas = getattr(getattr(self.sampler, "model_wrap", None), "log_sigmas", None)
+        return log_sigmas.device if log_sigmas is not None else "cpu"
+
+
+_ABSENT = object()
