@@ -1,4 +1,4 @@
-"""Command line: `python -m initno demo | tokens | bench`."""
+"""Command line: `python -m initno demo | eval | train | tokens | bench`."""
 
 from __future__ import annotations
 
@@ -12,57 +12,44 @@ from .subjects import SubjectError
 
 
 def _demo(args) -> int:
-    import torch
+    from .miniature.demo import run_demo
 
-    from .offline import read_prompt
-    from .optimize import Denoiser, ImageRequest, optimize_noise
-    from .tiny import TINY_UNET, TinyTextEncoder, apply_unet, build_unet
-
-    read = read_prompt(args.prompt, args.subjects)
-    if not read.subjects:
-        print("no subjects found in the prompt; name them with --subjects", file=sys.stderr)
-        return 2
-    unet = build_unet(seed=0)
-    cond = TinyTextEncoder(dim=TINY_UNET["context_dim"])([chunk.tokens for chunk in read.chunks])
-    latent_size = args.size // 8
-    noise = torch.randn(4, latent_size, latent_size, generator=torch.Generator().manual_seed(args.seed))
     params = InitNOParams(max_rounds=args.rounds, steps_per_round=args.steps, fallback_steps=args.fallback)
+    return run_demo(args.prompt, args.seed, params, Path(args.output), Path(args.weights) if args.weights else None)
 
-    print(f"model: ldm UNetModel, SD1 layout in miniature, random weights; {args.size}×{args.size}, seed {args.seed}")
-    print(f"prompt: {args.prompt!r}")
-    for subject in read.subjects:
-        chosen = " (chosen automatically)" if subject.auto else ""
-        print(f"subject {subject.text!r}: token positions {list(subject.positions)}{chosen}")
-    print(f"valid when cross < {params.cross_threshold} and self < {params.conflict_threshold}")
 
-    def progress(image, round_index, step, scores):
-        phase = "fallback" if round_index == params.max_rounds else f"round {round_index + 1}/{params.max_rounds}"
-        print(
-            f"  {phase:<12} step {step + 1:>2}  cross {scores.cross:.4f}  self {scores.conflict:.4f}"
-            f"  clean {scores.clean:.4f}  joint {scores.joint:.4f}"
-        )
+def _eval(args) -> int:
+    from .miniature import evaluate
+    from .miniature.model import Miniature
 
-    denoiser = Denoiser(unet=unet, apply=apply_unet(unet), timestep=981)
-    request = ImageRequest(noise, args.seed, cond, [list(s.positions) for s in read.subjects])
-    (result,) = optimize_noise(denoiser, [request], params, progress=progress)
-    outcome = "reached the valid region" if result.valid else "did not reach the valid region"
-    print(
-        f"{outcome} after {result.rounds} round(s){' and the fallback run' if result.fallback else ''}, "
-        f"{result.steps} UNet passes; cross {result.initial.cross:.4f} -> {result.final.cross:.4f}, "
-        f"self {result.initial.conflict:.4f} -> {result.final.conflict:.4f}; KL {result.kl:.2e}"
-    )
-    try:
-        from .diagnostics import render_diagnostics
-    except ImportError as error:  # matplotlib: in every WebUI install, and in requirements-dev.txt
-        print(f"no diagnostic image: {error}", file=sys.stderr)
-        return 0
-    diagnostics = render_diagnostics(result, [s.text for s in read.subjects], params)
-    if diagnostics is not None:
-        output = Path(args.output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        diagnostics.image.save(output)
-        print(f"diagnostic image: {output}")
+    prompts = evaluate.read_prompts(args.prompts)
+    seeds = evaluate.parse_seeds(args.seeds)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for method in methods:
+        evaluate.method_settings(method, InitNOParams())  # an unknown method fails now, not after minutes
+    model = Miniature.load(args.weights) if args.weights else Miniature.load()
+    log = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
+    samples = evaluate.evaluate(model, prompts, seeds, methods, log=log)
+    report = evaluate.report(samples, methods, len(prompts), len(seeds))
+    if args.report:
+        evaluate.write_json(Path(args.report), report)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"{len(prompts)} prompts × {len(seeds)} seeds, DDIM {evaluate.STEPS} steps, guidance {evaluate.GUIDANCE}")
+        print(evaluate.format_table(report["rows"]))
+    if args.grid:
+        grid = Path(args.grid)
+        grid.parent.mkdir(parents=True, exist_ok=True)
+        evaluate.comparison_grid(samples, methods).save(grid)
+        print(f"grid: {grid}", file=sys.stderr)
     return 0
+
+
+def _train(args) -> int:
+    from .miniature.train import train
+
+    return train(args)
 
 
 def _tokens(args) -> int:
@@ -83,18 +70,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m initno", description="InitNO: initial noise optimisation.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="optimise the noise of the embedded tiny random model, round by round")
-    demo.add_argument("--prompt", default="a cat and a dog")
-    demo.add_argument("--subjects", default="", help="comma-separated; empty: chosen from the prompt")
-    demo.add_argument("--seed", type=int, default=4)
-    demo.add_argument("--size", type=int, default=256, help="image size in pixels (the latent is 1/8)")
+    from .miniature import DEMO_PROMPT, DEMO_SEED, EVAL_METHODS
+
+    demo = commands.add_parser("demo", help="InitNO on the miniature model: plain and optimised images, diagnostics")
+    demo.add_argument("--prompt", default=DEMO_PROMPT, help="'a <colour> <shape> and a <colour> <shape>'")
+    demo.add_argument("--seed", type=int, default=DEMO_SEED)
     defaults = InitNOParams()
     demo.add_argument("--rounds", type=int, default=defaults.max_rounds)
     demo.add_argument("--steps", type=int, default=defaults.steps_per_round)
     demo.add_argument("--fallback", type=int, default=defaults.fallback_steps)
-    demo.add_argument(
-        "--output", default="outputs/initno-demo.png", help="where to write the diagnostic image (PNG; folders created)"
-    )
+    demo.add_argument("--weights", default=None, help="miniature weights (default: the shipped ones)")
+    demo.add_argument("--output", default="outputs/initno-demo.png", help="where to write the picture (PNG)")
+
+    evaluation = commands.add_parser("eval", help="the subject-presence benchmark on the miniature model")
+    evaluation.add_argument("--prompts", default=None, help="a file, one prompt per line (default: the held-out pairs)")
+    evaluation.add_argument("--seeds", default="0-7", help="e.g. 0-7 or 1,5,9")
+    evaluation.add_argument("--methods", default=",".join(EVAL_METHODS), help="any of " + ", ".join(EVAL_METHODS))
+    evaluation.add_argument("--weights", default=None, help="miniature weights (default: the shipped ones)")
+    evaluation.add_argument("--grid", default="outputs/initno-eval.png", help="before/after grid PNG ('' for none)")
+    evaluation.add_argument("--json", action="store_true", help="print the table and every verdict as JSON")
+    evaluation.add_argument("--report", default="", help="also write that JSON to this file")
+
+    from .miniature.train import add_arguments
+
+    add_arguments(commands.add_parser("train", help="train the miniature model (about 90 minutes on 2 CPU cores)"))
 
     tokens = commands.add_parser("tokens", help="print the token positions of a prompt's subjects as JSON")
     tokens.add_argument("prompt")
@@ -112,8 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         return bench_main(rest)
     if rest:
         parser.error(f"unrecognised arguments: {' '.join(rest)}")
+    commands_run = {"demo": _demo, "tokens": _tokens, "eval": _eval, "train": _train}
     try:
-        return _demo(args) if args.command == "demo" else _tokens(args)
+        return commands_run[args.command](args)
     except (SubjectError, ValueError, ImportError, FileNotFoundError) as error:
         print(f"initno: {error}", file=sys.stderr)
         return 2

@@ -1,0 +1,21 @@
+"""The miniature: a text-to-image world small enough to train on a CPU, and a model trained on it.
+
+InitNO can only be judged on a model that draws the subjects of its prompt. No pretrained weights can be
+downloaded where this project is built, so it trains its own: coloured shapes on a grey ground
+(`world`), a tiny SD1-layout model over CLIP's tokens (`model`), its training (`train`), a detector that
+says which subjects an image shows (`detect`), the DDIM sampler (`sampling`) and the benchmark
+(`evaluate`). The weights it was trained to ship in `weights/`.
+
+It is used by the demo, `python -m initno eval` and the behaviour tests, never by the WebUI glue.
+"""
+
+from pathlib import Path
+
+WEIGHTS = Path(__file__).with_name("weights") / "miniature.safetensors"
+WEIGHTS_SHA256 = "c195e5cff97f1a028075504b3afcfede34aa0527398a2c8cfda2fd78271c38fd"
+"""What `python -m initno train` (default settings, 2 torch threads) writes; the record: weights/TRAINING.md."""
+DEMO_PROMPT = "a red circle and a yellow square"
+DEMO_SEED = 0
+"""The demo's defaults: see `initno.miniature.demo` for how they were chosen."""
+EVAL_METHODS = ("plain", "best-of-n", "initno", "ae", "initno+")
+"""The rows of `python -m initno eval` (see `initno.miniature.evaluate`)."""

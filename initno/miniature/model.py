@@ -1,0 +1,176 @@
+"""The miniature text-to-image model: the real ldm `UNetModel` in the SD1 layout, in miniature, conditioned
+on a small causal text encoder over CLIP's BPE tokens with CLIP's 77 positions.
+
+- Tokens: the prompt is read exactly as for SD1 (`initno.offline.read_prompt`: start token, the BPE
+  tokens, end token, padded with the end token to 77), so a subject sits at the same position as in the
+  WebUI. The encoder knows the few dozen token ids of its world; any other id shares one "unknown" row.
+- Pixel space, made SD-like by a fixed, exactly invertible transform: the 64×64 RGB image in [-1, 1],
+  scaled by `DATA_SCALE` (so the data has about unit variance, as SD's scaled latents) and folded into a
+  12×32×32 tensor by `pixel_unshuffle` (each 2×2 block of pixels becomes 12 channels), as SD's VAE folds
+  8×8 blocks into 4 channels. The UNet thus works at 32×32 and InitNO reads its 8×8 level (1/4).
+- UNet: SD1's levels and attention placement at 1/4 width per head-count: 4 levels, 2 res blocks each,
+  transformers at 1/2 and 1/4 of the input (SD1 also has them at full size; dropped to fit CPU training),
+  none at the deepest level but in the middle block. So the blocks InitNO reads are SD1's own:
+  `input_blocks.7/8`, `output_blocks.3/4/5`.
+- eps-prediction on SD's scaled-linear schedule (β from 0.00085 to 0.012, 1000 steps).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..clip_bpe import ClipTokenizer
+from ..scores import CHUNK_LENGTH
+from ..tiny import require_ldm
+from . import WEIGHTS, world
+
+DATA_SCALE = 4.0
+"""The renders' standard deviation in [-1, 1] is 0.23; ×4 gives about unit variance, like SD's latents."""
+FOLD = 2
+"""`pixel_unshuffle` factor: 64×64×3 pixels <-> 32×32×12 model space."""
+TRAIN_TIMESTEPS = 1000
+BETA_START, BETA_END = 0.00085, 0.012
+
+UNET_CONFIG = {
+    "image_size": world.IMAGE_SIZE // FOLD,
+    "in_channels": 3 * FOLD * FOLD,
+    "out_channels": 3 * FOLD * FOLD,
+    "model_channels": 32,
+    "attention_resolutions": [4, 2],
+    "num_res_blocks": 2,
+    "channel_mult": [1, 2, 2, 2],
+    "num_heads": 2,
+    "use_spatial_transformer": True,
+    "transformer_depth": 1,
+    "context_dim": 64,
+    "use_checkpoint": False,
+    "legacy": False,
+}
+TEXT_CONFIG = {"width": 64, "layers": 2, "heads": 4}
+
+
+def world_vocabulary(tokenizer: ClipTokenizer) -> list[int]:
+    """The CLIP ids of every word the world's captions use, plus the start and end tokens."""
+    words = ["a", "and", "next", "to", "with", *world.COLOURS, *world.SHAPES]
+    ids = {tokenizer.start_id, tokenizer.end_id}
+    for word in words:
+        ids.update(tokenizer.encode(word))
+    return sorted(ids)
+
+
+class TextEncoder(nn.Module):
+    """CLIP-like: token + position embeddings, pre-norm transformer layers with a causal mask (each token
+    sees the ones before it, as in CLIP, so "circle" in "a red circle" carries its colour), final norm."""
+
+    def __init__(self, token_ids: list[int], width: int, layers: int, heads: int):
+        super().__init__()
+        self.register_buffer("token_ids", torch.tensor(token_ids, dtype=torch.int64))
+        lookup = torch.zeros(max(token_ids) + 1, dtype=torch.int64)  # 0: the "unknown" row
+        lookup[self.token_ids] = torch.arange(1, len(token_ids) + 1)
+        self.register_buffer("lookup", lookup, persistent=False)
+        self.embedding = nn.Embedding(len(token_ids) + 1, width)
+        self.positions = nn.Parameter(0.01 * torch.randn(CHUNK_LENGTH, width))
+        layer = nn.TransformerEncoderLayer(
+            width, heads, 4 * width, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.layers = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+        self.register_buffer("causal", nn.Transformer.generate_square_subsequent_mask(CHUNK_LENGTH), persistent=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, 77·k) CLIP ids -> (B, 77·k, width); each 77-token chunk is encoded on its own, as in SD1."""
+        chunks = ids.reshape(-1, CHUNK_LENGTH)
+        known = chunks.clamp_max(self.lookup.numel() - 1)
+        rows = torch.where(chunks < self.lookup.numel(), self.lookup[known], torch.zeros_like(chunks))
+        hidden = self.embedding(rows) + self.positions
+        hidden = self.norm(self.layers(hidden, mask=self.causal, is_causal=True))
+        return hidden.reshape(ids.shape[0], -1, hidden.shape[-1])
+
+
+def alphas_cumprod() -> torch.Tensor:
+    """SD's scaled-linear schedule: ᾱ_t for t = 0..999 (float64)."""
+    betas = torch.linspace(BETA_START**0.5, BETA_END**0.5, TRAIN_TIMESTEPS, dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, dim=0)
+
+
+def to_model_space(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(N, H, W, 3) uint8 images -> (N, 12, H/2, W/2) float32, exactly invertible by `to_pixels`."""
+    pixels = torch.as_tensor(np.asarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return F.pixel_unshuffle(pixels * DATA_SCALE, FOLD)
+
+
+def to_pixels(x: torch.Tensor) -> np.ndarray:
+    """Model space -> (N, H, W, 3) uint8 (clipped to the image range)."""
+    pixels = F.pixel_shuffle(x.detach().float().cpu(), FOLD) / DATA_SCALE
+    return ((pixels.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+@dataclass
+class Miniature:
+    """The model: text encoder, UNet, and the tokenizer that feeds them."""
+
+    text_encoder: TextEncoder
+    unet: nn.Module
+    tokenizer: ClipTokenizer
+
+    @classmethod
+    def build(cls, seed: int = 0, tokenizer: ClipTokenizer | None = None) -> Miniature:
+        """Fresh weights (ldm's own initialisation), reproducible from `seed`."""
+        tokenizer = tokenizer or ClipTokenizer()
+        unet_class = require_ldm()
+        torch.manual_seed(seed)
+        unet = unet_class(**UNET_CONFIG)
+        text_encoder = TextEncoder(world_vocabulary(tokenizer), **TEXT_CONFIG)
+        return cls(text_encoder, unet, tokenizer)
+
+    @classmethod
+    def load(cls, path: Path | str = WEIGHTS, tokenizer: ClipTokenizer | None = None) -> Miniature:
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no miniature weights at {path}; train them with `python -m initno train`")
+        model = cls.build(tokenizer=tokenizer)
+        state = load_file(path)
+        model.unet.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("unet.")})
+        model.text_encoder.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("text.")})
+        return model.eval()
+
+    def save(self, path: Path | str, metadata: dict | None = None) -> None:
+        from safetensors.torch import save_file
+
+        state = {f"unet.{k}": v for k, v in self.unet.state_dict().items()}
+        state |= {f"text.{k}": v for k, v in self.text_encoder.state_dict().items()}
+        info = {"unet": json.dumps(UNET_CONFIG), "text": json.dumps(TEXT_CONFIG), **(metadata or {})}
+        save_file({k: v.detach().contiguous() for k, v in state.items()}, str(path), metadata=info)
+
+    def eval(self) -> Miniature:
+        self.unet.eval()
+        self.text_encoder.eval()
+        for parameter in self.parameters():
+            parameter.requires_grad_(False)
+        return self
+
+    def parameters(self):
+        yield from self.unet.parameters()
+        yield from self.text_encoder.parameters()
+
+    def token_ids(self, prompts: list[str]) -> torch.Tensor:
+        """(B, 77) ids as SD1 reads each prompt (one chunk: the world's captions are short)."""
+        from ..offline import read_prompt
+
+        return torch.tensor([read_prompt(p, tokenizer=self.tokenizer).chunks[0].tokens for p in prompts])
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        return self.text_encoder(self.token_ids(prompts))
+
+    def apply(self, latent: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The eps prediction, in A1111's `apply_model(x, t, cond)` shape."""
+        return self.unet(latent, timesteps=timesteps, context=cond)

@@ -1,0 +1,150 @@
+"""Training the miniature (not run in CI): `python -m initno train` reproduces the shipped weights.
+
+Seeded end to end: the weights' initialisation, every batch (rendered afresh from `seed` and the step
+number), the timesteps, the noise and the caption dropout. On the same machine and thread count the run
+is bit-for-bit repeatable; another CPU may round differently.
+
+Each step renders a batch, encodes the captions (10 % replaced by the empty prompt, for classifier-free
+guidance), noises the images at uniform timesteps and regresses the noise (eps-prediction, MSE), with
+AdamW, a short warm-up and a cosine decay. The weights shipped are an exponential moving average of the
+trained ones. A checkpoint is written every `--save-every` steps; `--resume` continues from it exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import time
+import types
+from pathlib import Path
+
+from . import WEIGHTS
+
+CAPTION_DROPOUT = 0.1
+WARMUP_STEPS = 100
+
+
+def _fused_attention(module, x, context=None, mask=None):
+    import torch.nn.functional as F
+
+    """ldm's CrossAttention, computed by the fused kernel: the same function, faster to train (the WebUI
+    swaps in such a forward too); the module and its weights are ldm's own."""
+    heads, source = module.heads, x if context is None else context
+    q, k, v = (
+        t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in (module.to_q(x), module.to_k(source), module.to_v(source))
+    )
+    out = F.scaled_dot_product_attention(q, k, v, scale=module.scale)
+    return module.to_out(out.transpose(1, 2).flatten(2))
+
+
+def _learning_rate(step: int, steps: int, peak: float) -> float:
+    if step < WARMUP_STEPS:
+        return peak * (step + 1) / WARMUP_STEPS
+    progress = (step - WARMUP_STEPS) / max(1, steps - WARMUP_STEPS)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def train(args) -> int:
+    import torch
+    import torch.nn.functional as F
+
+    from . import world
+    from .model import Miniature, alphas_cumprod, to_model_space
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    model = Miniature.build(seed=args.seed)
+    trained = [*model.unet.parameters(), *model.text_encoder.parameters()]
+    average = Miniature.build(seed=args.seed)  # the EMA copy, what ships
+    average.eval()
+    for module in model.unet.modules():
+        if hasattr(module, "to_q") and hasattr(module, "heads"):
+            module.forward = types.MethodType(_fused_attention, module)
+    optimizer = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.0)
+    schedule = alphas_cumprod().float()
+    generator = torch.Generator().manual_seed(args.seed)
+    checkpoint, log_path = Path(args.checkpoint), Path(args.log)
+    start, log = 0, []
+    if args.resume and checkpoint.is_file():
+        state = torch.load(checkpoint, weights_only=False)
+        model.unet.load_state_dict(state["unet"])
+        model.text_encoder.load_state_dict(state["text"])
+        average.unet.load_state_dict(state["ema_unet"])
+        average.text_encoder.load_state_dict(state["ema_text"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        start, log = state["step"], state["log"]
+        print(f"resumed at step {start}")
+    averaged = [*average.unet.parameters(), *average.text_encoder.parameters()]
+    ids_of: dict[str, torch.Tensor] = {}
+    began, window = time.time(), []
+    for step in range(start, args.steps):
+        images, captions = world.training_batch(args.seed * 1_000_003 + step, args.batch)
+        drop = torch.rand(len(captions), generator=generator) < CAPTION_DROPOUT
+        captions = ["" if dropped else caption for caption, dropped in zip(captions, drop.tolist())]
+        for caption in set(captions) - ids_of.keys():
+            ids_of[caption] = model.token_ids([caption])[0]
+        x0 = to_model_space(images)
+        timesteps = torch.randint(0, len(schedule), (len(captions),), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        signal = schedule[timesteps].view(-1, 1, 1, 1)
+        noisy = signal.sqrt() * x0 + (1 - signal).sqrt() * noise
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(step, args.steps, args.lr)
+        context = model.text_encoder(torch.stack([ids_of[c] for c in captions]))
+        loss = F.mse_loss(model.unet(noisy, timesteps=timesteps, context=context), noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
+        optimizer.step()
+        decay = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(averaged, trained, 1 - decay)
+        window.append(loss.item())
+        if (step + 1) % args.log_every == 0:
+            elapsed = time.time() - began
+            log.append({"step": step + 1, "loss": sum(window) / len(window), "seconds": round(elapsed, 1)})
+            window = []
+            print(f"step {step + 1}/{args.steps}  loss {log[-1]['loss']:.4f}  {elapsed / 60:.1f} min", flush=True)
+            log_path.write_text(json.dumps(log))
+        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
+            torch.save(
+                {
+                    "unet": model.unet.state_dict(),
+                    "text": model.text_encoder.state_dict(),
+                    "ema_unet": average.unet.state_dict(),
+                    "ema_text": average.text_encoder.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "generator": generator.get_state(),
+                    "step": step + 1,
+                    "log": log,
+                },
+                checkpoint,
+            )
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in vars(args).items() if k not in ("output", "checkpoint", "log", "resume")}
+    average.save(output, {"training": json.dumps(settings)})
+    print(f"weights: {output} ({output.stat().st_size / 2**20:.1f} MiB), sha256 {sha256(output)}")
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--ema", type=float, default=0.999)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (the result depends on it)")
+    parser.add_argument("--output", default=str(WEIGHTS))
+    parser.add_argument("--checkpoint", default="outputs/miniature-train.pt", help="resumable training state")
+    parser.add_argument("--log", default="outputs/miniature-train-log.json", help="the loss curve, as JSON")
+    parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument("--save-every", type=int, default=250)
+    parser.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
