@@ -31,6 +31,16 @@ def test_the_shipped_weights_are_the_recorded_ones():
     assert sha256(WEIGHTS) == WEIGHTS_SHA256
 
 
+def test_the_shipped_weights_reproduce_their_recorded_prediction(miniworld):
+    """The eps prediction on a fixed input, recorded when the weights were committed."""
+    x = torch.randn(1, 12, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        eps = miniworld.model.apply(x, torch.tensor([501.0]), miniworld.model.encode([DEMO_PROMPT]))
+    recorded = [-1.21987, -1.27171, -0.28056, -0.41473, 0.90519, 0.64074]
+    assert eps.flatten()[:6].tolist() == pytest.approx(recorded, abs=1e-4)
+    assert float(eps.std()) == pytest.approx(1.00690, abs=1e-4)
+
+
 @pytest.mark.parametrize("prompt", ["a red circle", "a yellow square", "a green triangle", "a blue cross"])
 def test_it_draws_a_single_subject(miniworld, prompt):
     """Recorded behaviour on two seeds; over all 20 subjects × 8 seeds it is 91 % (weights/TRAINING.md)."""
