@@ -68,6 +68,52 @@ OFFICIAL_REFINEMENTS = {
 """InitNO+: `(i == 10 or i == 20)`, cross ≤ 1 − 0.8 and self ≤ 0.3; Attend-and-Excite: its `thresholds`
 {0: 0.05, 10: 0.5, 20: 0.8} on the attention, i.e. cross ≤ 1 − threshold."""
 
+NO_REFINEMENT = "none"
+SCHEDULE_FORMAT = (
+    "'step:cross' or 'step:cross:self' entries separated by commas (e.g. '10:0.2:0.3, 20:0.2:0.3'): at step "
+    f"0–{REFERENCE_STEPS} of {REFERENCE_STEPS}, refine while the cross loss is above `cross` (0–1) or the self "
+    f"loss above `self` (0–1); empty: the method's official schedule; '{NO_REFINEMENT}': no refinement"
+)
+
+
+def parse_refinements(text: str) -> tuple[Refinement, ...] | None:
+    """A refinement schedule as written in the WebUI ("10:0.2:0.3, 20:0.2:0.3"): None for empty text (the
+    method's official schedule), () for "none"; ValueError saying what is wrong otherwise."""
+    text = text.strip()
+    if not text:
+        return None
+    if text.lower() == NO_REFINEMENT:
+        return ()
+    refinements = []
+    for entry in text.replace(";", ",").split(","):
+        fields = [field.strip() for field in entry.strip().split(":")]
+        try:
+            if len(fields) not in (2, 3):
+                raise ValueError
+            step = int(fields[0])
+            cross = float(fields[1])
+            conflict = float(fields[2]) if len(fields) == 3 else None
+        except ValueError:
+            raise ValueError(f"cannot read {entry.strip()!r}; expected {SCHEDULE_FORMAT}") from None
+        if not 0 <= step <= REFERENCE_STEPS:
+            raise ValueError(f"step {step} in {entry.strip()!r} is not between 0 and {REFERENCE_STEPS}")
+        for value in (cross, conflict):
+            if value is not None and not 0 <= value <= 1:
+                raise ValueError(f"threshold {value:g} in {entry.strip()!r} is not between 0 and 1")
+        if any(r.step == step for r in refinements):
+            raise ValueError(f"step {step} appears twice")
+        refinements.append(Refinement(step, cross, conflict))
+    return tuple(sorted(refinements, key=lambda r: r.step))
+
+
+def format_refinements(refinements: Sequence[Refinement]) -> str:
+    """The text `parse_refinements` reads back ("none" for no refinement)."""
+    if not refinements:
+        return NO_REFINEMENT
+    return ", ".join(
+        f"{r.step}:{r.cross:g}" + (f":{r.conflict:g}" if r.conflict is not None else "") for r in refinements
+    )
+
 
 @dataclass(frozen=True)
 class GuidanceSettings:

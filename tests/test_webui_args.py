@@ -13,7 +13,15 @@ from initno.webui.args import ARGS, ArgumentError, ScriptArgs
 
 def test_positional_order_and_defaults():
     assert [a.name for a in ARGS][:3] == ["enabled", "subjects", "max_rounds"]
-    assert ARGS[-1].name == "diagnostics"
+    # The sampling guidance's arguments came later, after the first twelve: older positional calls still work.
+    assert [a.name for a in ARGS][11:] == [
+        "diagnostics",
+        "method",
+        "guided_fraction",
+        "step_scale",
+        "max_refinement",
+        "refinement_schedule",
+    ]
     args = ScriptArgs.from_script_args([True, "cat, dog", 3])
     assert (args.enabled, args.subjects, args.params.max_rounds) == (True, "cat, dog", 3)
     assert args.params.steps_per_round == InitNOParams().steps_per_round
@@ -47,7 +55,14 @@ def test_settings_defaults_apply_and_explicit_values_win():
         ([{"diagnostics": "0"}], r"'diagnostics' must be a boolean \(true or false\), got '0'"),
         ([{"diagnostics": 1}], r"'diagnostics' must be a boolean \(true or false\), got 1"),
         ([0, "cat"], r"'enabled' must be a boolean \(true or false\), got 0"),
-        ([True] + [None] * 20, "at most 12 positional arguments, got 21"),
+        ([True] + [None] * 20, "at most 17 positional arguments, got 21"),
+        ([{"method": "initno++"}], r"'method' must be one of 'initno', 'initno\+', 'ae', got 'initno\+\+'"),
+        ([{"guided_fraction": 1.5}], "'guided_fraction' must be between 0.0 and 1.0, got 1.5"),
+        ([{"max_refinement": 0}], "'max_refinement' must be between 1 and 100, got 0"),
+        ([{"refinement_schedule": "10-0.2"}], r"'refinement_schedule': cannot read '10-0.2'; expected 'step:cross'"),
+        ([{"refinement_schedule": "60:0.2"}], r"'refinement_schedule': step 60 in '60:0.2' is not between 0 and 50"),
+        ([{"refinement_schedule": "10:2"}], r"'refinement_schedule': threshold 2 in '10:2' is not between 0 and 1"),
+        ([{"refinement_schedule": "10:0.2, 10:0.3"}], "'refinement_schedule': step 10 appears twice"),
     ],
 )
 def test_bad_arguments_are_named(values, message):
@@ -82,7 +97,8 @@ def test_infotext_has_every_parameter_and_leaves_defaults_of_the_optional_ones_o
     assert text["InitNO max rounds"] == 2
     assert text["InitNO KL bound"] == 0.001
     assert "InitNO subjects" not in text and "InitNO diagnostics" not in text  # left out, not None
-    assert len(text) == len(ARGS) - 3
+    assert "InitNO method" not in text and "InitNO guided fraction" not in text  # InitNO alone: no guidance
+    assert len(text) == len(ARGS) - 8
     chosen = ScriptArgs.from_named({"subjects": "cat", "diagnostics": True}).infotext()
     assert (chosen["InitNO subjects"], chosen["InitNO diagnostics"]) == ("cat", True)
     assert len({a.infotext for a in ARGS}) == len(ARGS)
@@ -106,14 +122,48 @@ def test_the_readme_documents_the_positional_order_the_code_accepts():
     table = _readme_controls_table()
     assert [control for control, _ in table] == [arg.label for arg in ARGS]
     shown = {False: "off", "": "empty"}
-    assert [default for _, default in table] == [shown.get(arg.default, str(arg.default)) for arg in ARGS]
+    assert [default for _, default in table] == [
+        arg.label_of(arg.default) if arg.choices else shown.get(arg.default, str(arg.default)) for arg in ARGS
+    ]
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     listed = re.search(r"`GET /initno/v1/schema` lists: `([^`]+)`", readme.replace("\n", " ")).group(1)
     assert listed.split(", ") == [arg.name for arg in ARGS]
     # and the documented order is the accepted one: each value lands on the argument its row names
     values = {"enabled": True, "subjects": "cat", "max_rounds": 3, "steps_per_round": 4, "fallback_steps": 6}
     values |= {"cross_threshold": 0.25, "conflict_threshold": 0.35, "learning_rate": 0.02, "adam_eps": 0.002}
-    values |= {"kl_bound": 0.003, "kl_max_steps": 500, "diagnostics": True}
+    values |= {"kl_bound": 0.003, "kl_max_steps": 500, "diagnostics": True, "method": "ae", "guided_fraction": 0.3}
+    values |= {"step_scale": 10.0, "max_refinement": 5, "refinement_schedule": "0:0.5"}
     by_label = {arg.label: arg.name for arg in ARGS}
     positional = [values[by_label[control]] for control, _ in table]
     assert ScriptArgs.from_script_args(positional).as_named() == values
+
+
+def test_the_method_and_its_guidance_settings():
+    ae = ScriptArgs.from_named({"method": "Sampling guidance only (Attend-and-Excite)", "guided_fraction": 0.3})
+    assert ae.method == "ae" and not ae.optimises_noise  # the UI's label or the API's value
+    settings = ae.guidance
+    assert (settings.method, settings.guided_fraction, settings.refinements) == ("ae", 0.3, None)
+    assert ScriptArgs.from_named({}).guidance is None and ScriptArgs.from_named({}).optimises_noise
+    plus = ScriptArgs.from_named({"method": "INITNO+", "refinement_schedule": "20:0.1:0.25; 5:0.3"})
+    assert [(r.step, r.cross, r.conflict) for r in plus.guidance.refinements] == [(5, 0.3, None), (20, 0.1, 0.25)]
+    assert ScriptArgs.from_named({"method": "ae", "refinement_schedule": " None "}).guidance.refinements == ()
+    # The infotext has what applies: Attend-and-Excite leaves the noise as it is, so no noise settings.
+    text = ae.infotext()
+    assert text["InitNO method"] == "ae" and text["InitNO guided fraction"] == 0.3
+    assert "InitNO max rounds" not in text and "InitNO refinement schedule" not in text
+    assert plus.infotext()["InitNO refinement schedule"] == "20:0.1:0.25; 5:0.3"
+    assert plus.infotext()["InitNO max rounds"] == 5
+    # A change of method keeps the guidance settings chosen (X/Y/Z over the method)
+    assert ae.replace(method="initno+").guidance.guided_fraction == 0.3
+
+
+def test_refinement_schedules_read_back_as_written():
+    from initno.guidance import OFFICIAL_REFINEMENTS, format_refinements, parse_refinements
+
+    for refinements in OFFICIAL_REFINEMENTS.values():
+        read = parse_refinements(format_refinements(refinements))
+        assert [r.step for r in read] == [r.step for r in refinements]
+        assert [r.cross for r in read] == pytest.approx([r.cross for r in refinements])
+        assert [r.conflict for r in read] == [r.conflict for r in refinements]
+    assert format_refinements(OFFICIAL_REFINEMENTS["ae"]) == "0:0.95, 10:0.5, 20:0.2"
+    assert format_refinements(()) == "none" and parse_refinements("") is None

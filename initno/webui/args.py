@@ -10,10 +10,11 @@ clients send `"args": [true, "cat, dog", ...]`) or as a single dict of named arg
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..guidance import METHOD_NAMES, GuidanceSettings, parse_refinements
 from ..params import PARAMETERS, InitNOParams
 
 
@@ -34,16 +35,22 @@ class Arg:
     advanced: bool = False
     help: str = ""
     xyz: bool = True
+    choices: tuple[tuple[str, str], ...] | None = None
+    """(value, label) pairs of a choice: the API and the infotext use the value, the UI shows the label."""
+    check: Callable[[str], Any] | None = None
+    """For text: raises ValueError saying what is wrong with the text."""
 
     def convert(self, value: Any) -> Any:
         """`value` as this argument's type, or ArgumentError naming the argument."""
         if self.kind is bool:
             return self._convert_bool(value)
+        if self.choices is not None:
+            return self._convert_choice(value)
+        if self.kind is str:
+            if not isinstance(value, str):
+                raise ArgumentError(f"InitNO argument {self.name!r} must be str, got {value!r}")
+            return self._check(value)
         try:
-            if self.kind is str:
-                if not isinstance(value, str):
-                    raise ValueError(value)
-                return value
             if isinstance(value, bool):
                 raise ValueError(value)
             number = float(value)
@@ -69,6 +76,37 @@ class Arg:
             return value.strip().lower() == "true"
         raise ArgumentError(f"InitNO argument {self.name!r} must be a boolean (true or false), got {value!r}")
 
+    def _check(self, text: str) -> str:
+        if self.check is not None:
+            try:
+                self.check(text)
+            except ValueError as error:
+                raise ArgumentError(f"InitNO argument {self.name!r}: {error}") from None
+        return text
+
+    def _convert_choice(self, value: Any) -> str:
+        """One of the values, or its label as the UI shows it (any case)."""
+        if isinstance(value, str):
+            wanted = value.strip().lower()
+            for choice, label in self.choices:
+                if wanted in (choice.lower(), label.lower()):
+                    return choice
+        known = ", ".join(repr(choice) for choice, _ in self.choices)
+        raise ArgumentError(f"InitNO argument {self.name!r} must be one of {known}, got {value!r}")
+
+    def label_of(self, value: str) -> str:
+        return dict(self.choices or ())[value]
+
+
+METHODS = (
+    ("initno", "Optimise the noise"),
+    ("initno+", f"Noise + sampling guidance ({METHOD_NAMES['initno+']})"),
+    ("ae", f"Sampling guidance only ({METHOD_NAMES['ae']})"),
+)
+"""The method choice: (API and infotext value, what the UI shows)."""
+
+GUIDANCE_ARGS = ("guided_fraction", "step_scale", "max_refinement", "refinement_schedule")
+"""Arguments of the sampling guidance (InitNO+, Attend-and-Excite): left out of the infotext for InitNO alone."""
 
 ENGINE_INFOTEXT = {
     "max_rounds": "InitNO max rounds",
@@ -124,6 +162,63 @@ ARGS: tuple[Arg, ...] = (
         help="Add an image of the attention maps and the score trace after each generated image.",
         xyz=False,
     ),
+    # The sampling guidance's arguments came later: after the first ones, so that positional API calls
+    # written before them keep working.
+    Arg(
+        "method",
+        "initno",
+        "Method",
+        "InitNO method",
+        str,
+        choices=METHODS,
+        help="InitNO optimises the noise; InitNO+ also guides the first sampling steps (the official script); "
+        "Attend-and-Excite only guides the sampling.",
+    ),
+    Arg(
+        "guided_fraction",
+        0.5,
+        "Guided fraction of the steps",
+        "InitNO guided fraction",
+        float,
+        0.0,
+        1.0,
+        0.05,
+        help="Sampling guidance moves the latent at the steps before this fraction of the steps (official: 25 of 50).",
+    ),
+    Arg(
+        "step_scale",
+        20.0,
+        "Guidance step size",
+        "InitNO guidance step size",
+        float,
+        0.0,
+        100.0,
+        0.5,
+        help="Size of each guidance update at the first step, shrinking to 0.71× at the last step (official: 20).",
+    ),
+    Arg(
+        "max_refinement",
+        20,
+        "Max refinement iterations",
+        "InitNO max refinement",
+        int,
+        1,
+        100,
+        1,
+        help="Bound on the updates of each iterative refinement (official: 20).",
+    ),
+    Arg(
+        "refinement_schedule",
+        "",
+        "Refinement schedule",
+        "InitNO refinement schedule",
+        str,
+        advanced=True,
+        check=parse_refinements,
+        help="Iterative refinement as step-of-50:cross[:self] entries, e.g. '10:0.2:0.3, 20:0.2:0.3' (InitNO+'s); "
+        "empty: the method's official schedule; 'none': no refinement.",
+        xyz=False,
+    ),
 )
 """In UI (and positional API) order."""
 
@@ -136,6 +231,28 @@ class ScriptArgs:
     subjects: str
     params: InitNOParams
     diagnostics: bool
+    method: str = "initno"
+    guided_fraction: float = 0.5
+    step_scale: float = 20.0
+    max_refinement: int = 20
+    refinement_schedule: str = ""
+
+    @property
+    def optimises_noise(self) -> bool:
+        return self.method in ("initno", "initno+")
+
+    @property
+    def guidance(self) -> GuidanceSettings | None:
+        """The sampling guidance's settings; None for InitNO alone."""
+        if self.method == "initno":
+            return None
+        return GuidanceSettings(
+            self.method,
+            guided_fraction=self.guided_fraction,
+            step_scale=self.step_scale,
+            max_refinement=self.max_refinement,
+            refinements=parse_refinements(self.refinement_schedule),
+        )
 
     @classmethod
     def from_script_args(cls, values: Sequence[Any], defaults: Mapping[str, Any] | None = None) -> ScriptArgs:
@@ -170,24 +287,31 @@ class ScriptArgs:
         if unknown:
             raise ArgumentError(f"unknown InitNO argument(s) {unknown}; known: {', '.join(BY_NAME)}")
         values = {arg.name: arg.convert(named.get(arg.name, arg.default)) for arg in ARGS}
-        engine = {spec.name: values[spec.name] for spec in PARAMETERS}
+        engine = {spec.name: values.pop(spec.name) for spec in PARAMETERS}
         try:
             params = InitNOParams(**engine)
         except ValueError as error:
             raise ArgumentError(str(error)) from None
-        return cls(values["enabled"], values["subjects"], params, values["diagnostics"])
+        return cls(params=params, **values)
 
     def as_named(self) -> dict[str, Any]:
-        engine = dataclasses.asdict(self.params)
-        return {"enabled": self.enabled, "subjects": self.subjects, **engine, "diagnostics": self.diagnostics}
+        named = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        named.update(dataclasses.asdict(self.params))
+        return {arg.name: named[arg.name] for arg in ARGS}
 
     def replace(self, **changes) -> ScriptArgs:
         return ScriptArgs.from_named({**self.as_named(), **changes})
 
     def infotext(self) -> dict[str, Any]:
-        """The settings for the PNG info: every parameter (the outcome is added by the job). Empty
-        subjects (automatic) and diagnostics off are left out, as keys, not as None values: the API's
-        `info` shows `extra_generation_params` as they are."""
+        """The settings for the PNG info: every parameter that applies to the method (the outcome is
+        added by the job). Settings at their default that say "nothing chosen" (automatic subjects,
+        diagnostics off, InitNO alone, the official refinement schedule) are left out, as keys, not as
+        None values: the API's `info` shows `extra_generation_params` as they are."""
         named = self.as_named()
-        left_out = {"enabled"} | {name for name in ("subjects", "diagnostics") if not named[name]}
+        optional = ("subjects", "diagnostics", "refinement_schedule")
+        left_out = {"enabled"} | {name for name in optional if not named[name]}
+        if self.method == "initno":
+            left_out |= {"method", *GUIDANCE_ARGS}
+        if not self.optimises_noise:
+            left_out |= {spec.name for spec in PARAMETERS}
         return {arg.infotext: named[arg.name] for arg in ARGS if arg.name not in left_out}

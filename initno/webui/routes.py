@@ -5,7 +5,8 @@
   `unsupported`: why InitNO will be skipped, as far as it is known before generating (the loaded model,
   e.g. an SDXL refiner; token merging in the settings; no subjects found automatically), or null;
   422 `{"detail": message}` for a subject that cannot be mapped.
-- `GET /initno/v1/schema` -> the arguments: name, type, default, range, infotext key, in positional order.
+- `GET /initno/v1/schema` -> the arguments: name, type, default, range, infotext key, choices, in positional
+  order.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def schema() -> dict:
                 "label": arg.label,
                 "infotext": arg.infotext,
                 "help": arg.help,
+                "choices": [value for value, _label in arg.choices] if arg.choices else None,
             }
             for arg in ARGS
         ]

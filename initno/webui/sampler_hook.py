@@ -17,6 +17,7 @@ predictor's temporary, never the state), DPM fast and DPM adaptive (no step per 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -40,12 +41,25 @@ class SamplerGuidance:
     """Guides each image of one batch while the host samples it.
 
     `guides[b]` guides image b of the batch (None: that image is not guided); `on_fault(error)` is called
-    once if a guidance pass fails, after which the batch samples on unguided."""
+    once if a guidance pass fails, after which the batch samples on unguided; `on_finished()` once when no
+    guided step is left (or at `remove()`); `around()` is entered around each step's guidance passes."""
 
-    def __init__(self, sampler, guides: list[ImageGuidance | None], on_fault: Callable[[BaseException], None]):
+    def __init__(
+        self,
+        sampler,
+        guides: list[ImageGuidance | None],
+        on_fault: Callable[[BaseException], None],
+        *,
+        on_finished: Callable[[], None] | None = None,
+        around: Callable[[], contextlib.AbstractContextManager] | None = None,
+    ):
         self.sampler = sampler
         self.guides = guides
         self.on_fault = on_fault
+        self.on_finished = on_finished or (lambda: None)
+        self.around = around or contextlib.nullcontext
+        self.guided_steps = max((guide.plan.guided for guide in guides if guide is not None), default=0)
+        self.finished = False
         self.denoiser = sampler.model_wrap_cfg
         options = getattr(getattr(sampler, "config", None), "options", None) or {}
         self.state_call_offset = 1 if options.get("second_order") else 0
@@ -53,7 +67,6 @@ class SamplerGuidance:
         self.sigma_to_t = getattr(wrap, "sigma_to_t", None) if hasattr(sampler, "get_sigmas") else None
         self.callbacks = 0
         self.calls_since_callback = 0
-        self.failed = False
         self._installed: list[tuple[object, str, object]] = []
 
     # -- installing -------------------------------------------------------------------------------------
@@ -74,6 +87,12 @@ class SamplerGuidance:
             else:
                 setattr(owner, name, previous)
         self._installed.clear()
+        self._finish()
+
+    def _finish(self) -> None:
+        if not self.finished:
+            self.finished = True
+            self.on_finished()
 
     # -- the overrides ----------------------------------------------------------------------------------
 
@@ -89,8 +108,11 @@ class SamplerGuidance:
         def forward(x, sigma, *args, **kwargs):
             state_call = self.calls_since_callback == (0 if self.callbacks == 0 else self.state_call_offset)
             self.calls_since_callback += 1
-            if state_call and not self.failed:
-                self._guide(x, sigma)
+            if state_call and not self.finished:
+                if self.callbacks < self.guided_steps:
+                    self._guide(x, sigma)
+                if self.callbacks + 1 >= self.guided_steps:
+                    self._finish()
             return original(x, sigma, *args, **kwargs)
 
         return forward
@@ -99,19 +121,20 @@ class SamplerGuidance:
         step = self.callbacks
         try:
             moved = []
-            for index, guide in enumerate(self.guides):
-                if guide is None:
-                    continue
-                latent, level = x[index : index + 1], float(sigma[index])
-                if self.sigma_to_t is not None:  # k-diffusion: sigma in, the UNet's timestep for the pass
-                    timestep = float(self.sigma_to_t(torch.as_tensor(level, device=self.sigma_device())))
-                    new = kdiffusion_guide(guide.guide, step, latent, level, timestep)
-                else:  # DDIM, PLMS: the sampler holds z_t and passes the timestep itself
-                    new = guide.guide(step, latent, level)
-                moved.append((index, new))
-        except Exception as error:  # the image generates unguided; the infotext says why
-            self.failed = True
+            with self.around():
+                for index, guide in enumerate(self.guides):
+                    if guide is None:
+                        continue
+                    latent, level = x[index : index + 1], float(sigma[index])
+                    if self.sigma_to_t is not None:  # k-diffusion: sigma in, the UNet's timestep for the pass
+                        timestep = float(self.sigma_to_t(torch.as_tensor(level, device=self.sigma_device())))
+                        new = kdiffusion_guide(guide.guide, step, latent, level, timestep)
+                    else:  # DDIM, PLMS: the sampler holds z_t and passes the timestep itself
+                        new = guide.guide(step, latent, level)
+                    moved.append((index, new))
+        except Exception as error:  # the image generates unguided from here on; the infotext says why
             self.on_fault(error)
+            self._finish()
             return
         with torch.no_grad():
             for index, new in moved:  # in place: the sampler's own tensor, after every image succeeded

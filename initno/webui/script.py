@@ -77,9 +77,18 @@ class InitNOAlwaysOn(scripts.Script):
 
     def process_before_every_sampling(self, p, *args, **kwargs):
         job = job_of(p)
-        if job is None or getattr(p, "is_hr_pass", False):
-            return  # off, or the hires second pass: InitNO only shapes the first pass's pure noise
+        if job is None:
+            return
+        if getattr(p, "is_hr_pass", False):
+            # The hires second pass (a sampler of its own) is left alone: InitNO shapes the first pass.
+            job.end_guidance()
+            return
         job.run_batch(p, kwargs["x"])
+
+    def post_sample(self, p, ps, *args):
+        job = job_of(p)
+        if job is not None:
+            job.end_guidance()  # sampling is over (the host also skips here after an exception: see job)
 
     def postprocess(self, p, processed, *args):
         job = job_of(p)

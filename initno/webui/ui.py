@@ -8,7 +8,7 @@ from modules import shared
 from modules.ui_components import InputAccordion
 
 from . import host
-from .args import ARGS, BY_NAME, Arg
+from .args import ARGS, BY_NAME, GUIDANCE_ARGS, Arg
 
 SETTINGS_SECTION = ("initno", "InitNO", "sd")
 """Settings → InitNO, listed under the host's "Stable Diffusion" category with the other generation settings
@@ -38,6 +38,10 @@ def register_settings() -> None:
     for arg in DEFAULTABLE:
         if arg.kind is bool:
             component, component_args = gr.Checkbox, {}
+        elif arg.choices is not None:
+            component, component_args = gr.Radio, {"choices": [(label, value) for value, label in arg.choices]}
+        elif arg.kind is str:
+            component, component_args = gr.Textbox, {}
         elif arg.step is not None:
             component = gr.Slider
             component_args = {"minimum": arg.minimum, "maximum": arg.maximum, "step": arg.step}
@@ -51,12 +55,20 @@ def register_settings() -> None:
         shared.opts.add_option(key, option)
 
 
+PLACEHOLDERS = {
+    "subjects": "cat, dog — empty: nouns chosen automatically",
+    "refinement_schedule": "empty: the method's official schedule (InitNO+: 10:0.2:0.3, 20:0.2:0.3)",
+}
+
+
 def _control(arg: Arg, value, elem_id: str, visible: bool = True):
     common = {"label": arg.label, "value": value, "elem_id": elem_id, "visible": visible}
     if arg.kind is bool:
         return gr.Checkbox(**common)
+    if arg.choices is not None:
+        return gr.Radio(choices=[(label, choice) for choice, label in arg.choices], **common)
     if arg.kind is str:
-        return gr.Textbox(**common, placeholder="cat, dog — empty: nouns chosen automatically", lines=1)
+        return gr.Textbox(**common, placeholder=PLACEHOLDERS.get(arg.name, ""), lines=1)
     if arg.step is not None:
         return gr.Slider(minimum=arg.minimum, maximum=arg.maximum, step=arg.step, **common)
     return gr.Number(precision=0 if arg.kind is int else None, **common)
@@ -67,23 +79,39 @@ def accordion(tabname: str) -> tuple[list, list]:
     defaults = setting_defaults()
     prefix = f"initno_{tabname}"
     controls: dict[str, object] = {}
+    method = defaults["method"]
     with InputAccordion(False, label="InitNO", elem_id=prefix) as enabled:
         controls["enabled"] = enabled
         controls["subjects"] = _control(BY_NAME["subjects"], "", f"{prefix}_subjects")
         gr.HTML(elem_id=f"{prefix}_tokens", elem_classes=["initno-tokens"])
-        with gr.Row():
-            for name in ("max_rounds", "steps_per_round", "fallback_steps"):
-                controls[name] = _control(BY_NAME[name], defaults[name], f"{prefix}_{name}")
-        with gr.Row():
-            for name in ("cross_threshold", "conflict_threshold"):
+        controls["method"] = _control(BY_NAME["method"], method, f"{prefix}_method")
+        # Only the settings of the chosen method are shown (all of them still travel with each generation).
+        with gr.Column(visible=method != "ae") as noise_settings:
+            with gr.Row():
+                for name in ("max_rounds", "steps_per_round", "fallback_steps"):
+                    controls[name] = _control(BY_NAME[name], defaults[name], f"{prefix}_{name}")
+            with gr.Row():
+                for name in ("cross_threshold", "conflict_threshold"):
+                    controls[name] = _control(BY_NAME[name], defaults[name], f"{prefix}_{name}")
+        with gr.Row(visible=method != "initno") as guidance_settings:
+            for name in ("guided_fraction", "step_scale", "max_refinement"):
                 controls[name] = _control(BY_NAME[name], defaults[name], f"{prefix}_{name}")
         controls["diagnostics"] = _control(BY_NAME["diagnostics"], defaults["diagnostics"], f"{prefix}_diagnostics")
         with gr.Accordion("Advanced", open=False):
             for arg in ARGS:
                 if arg.advanced:
                     controls[arg.name] = _control(arg, defaults[arg.name], f"{prefix}_{arg.name}")
+    controls["method"].change(
+        settings_shown, inputs=[controls["method"]], outputs=[noise_settings, guidance_settings], show_progress=False
+    )
     ordered = [controls[arg.name] for arg in ARGS]
     return ordered, paste_fields(ordered)
+
+
+def settings_shown(method: str) -> tuple[dict, dict]:
+    """Visibility of the noise optimisation's and the sampling guidance's settings for a method."""
+    method = BY_NAME["method"].convert(method)
+    return gr.update(visible=method != "ae"), gr.update(visible=method != "initno")
 
 
 def hidden(tabname: str) -> list:
@@ -103,7 +131,7 @@ def paste_fields(controls: list) -> list:
             fields.append((control, lambda params: "InitNO" in params))
         elif arg.name == "subjects":
             fields.append((control, _subjects_of_the_pasted_prompt))
-        elif arg.name == "diagnostics":
+        elif arg.name in ("diagnostics", "method", *GUIDANCE_ARGS):
             fields.append((control, _when_initno(arg)))
         else:
             fields.append((control, arg.infotext))

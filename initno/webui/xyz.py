@@ -44,6 +44,15 @@ def add_axes() -> None:
                 str if arg.kind in (bool, str) else arg.kind,
                 partial(_apply, arg=arg),
                 confirm=partial(_confirm, arg=arg),
-                choices=module.boolean_choice(reverse=True) if arg.kind is bool else None,
+                choices=_choices(module, arg),
             )
         )
+
+
+def _choices(module, arg: Arg):
+    """What the axis offers in its dropdown: true/false for switches, the values of a choice."""
+    if arg.kind is bool:
+        return module.boolean_choice(reverse=True)
+    if arg.choices is not None:
+        return lambda: [value for value, _label in arg.choices]
+    return None

@@ -169,7 +169,10 @@ def test_schema_route_lists_the_arguments_in_positional_order(webui):
         "label": "Max rounds",
         "infotext": "InitNO max rounds",
         "help": "Restarts from fresh noise before the fallback run.",
+        "choices": None,
     }
+    method = next(a for a in schema["args"] if a["name"] == "method")
+    assert (method["type"], method["default"], method["choices"]) == ("str", "initno", ["initno", "initno+", "ae"])
 
 
 def test_settings_are_listed_under_the_stable_diffusion_category(webui):
@@ -177,7 +180,7 @@ def test_settings_are_listed_under_the_stable_diffusion_category(webui):
 
     shared.opts.reorder()  # as the host does when it builds the Settings page
     keys = [key for key in shared.opts.data_labels if key.startswith("initno_")]
-    assert len(keys) == 11  # Memory, and the default of each number and of the diagnostic image
+    assert len(keys) == 16  # Memory, and the default of each setting but the switch and the subjects
     assert {shared.opts.data_labels[key].section for key in keys} == {("initno", "InitNO")}
     assert {shared.opts.category_label(key) for key in keys} == {"Stable Diffusion"}  # not "Uncategorized"
 

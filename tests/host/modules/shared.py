@@ -178,12 +178,15 @@ opts = Options(
                 "token_merging_ratio_hr": OptionInfo(0.0),
             },
         ),
+        **options_section(("img2img", "img2img", "sd"), {"img2img_fix_steps": OptionInfo(False)}),
         **options_section(("compatibility", "Compatibility", "sd"), {"use_old_scheduling": OptionInfo(False)}),
         **options_section(("infotext", "Infotext", "ui"), {"infotext_skip_pasting": OptionInfo([])}),
         **options_section(("ui_gallery", "Gallery", "ui"), {"return_grid": OptionInfo(True)}),
         **options_section(
             ("sampler-params", "Sampler parameters", "sd"),
             {
+                "eta_ddim": OptionInfo(0.0),
+                "eta_ancestral": OptionInfo(1.0),
                 "eta_noise_seed_delta": OptionInfo(0),
                 "always_discard_next_to_last_sigma": OptionInfo(False),
                 "sgm_noise_multiplier": OptionInfo(False),
