@@ -114,6 +114,14 @@ class Diagnostics:
         raise KeyError((kind, subject, state))
 
 
+def _series_line(ax, x, y, colour: str, style: str, marker: str, label: str):
+    """One score series, drawn alike in the optimisation's trace and the guidance's."""
+    (line,) = ax.plot(
+        x, y, color=colour, linestyle=style, marker=marker, markersize=4.5, linewidth=1.5, label=label, zorder=3
+    )
+    return line
+
+
 def _thresholds(thresholds: InitNOParams | Sequence[float] | None) -> tuple[float, float]:
     if thresholds is None:
         thresholds = InitNOParams()
@@ -409,17 +417,7 @@ def _draw_trace(ax, trace: Sequence[StepRecord], cross_threshold: float, conflic
             clip_on=False,
         )
     for name, (colour, style, marker, label) in SERIES.items():
-        (line,) = ax.plot(
-            x,
-            values[name],
-            color=colour,
-            linestyle=style,
-            marker=marker,
-            markersize=4.5,
-            linewidth=1.5,
-            label=label,
-            zorder=3,
-        )
+        line = _series_line(ax, x, values[name], colour, style, marker, label)
         points[name] = [float(v) for v in line.get_ydata()]
         handles.append(line)
     for threshold, name, text in (
@@ -474,17 +472,7 @@ def _draw_guidance(ax, trace: GuidanceTrace) -> tuple[dict[str, list[float]], li
     for name in series:
         colour, style, marker, label = GUIDANCE_SERIES[name]
         key = "cross" if name == "cross" else "conflict"
-        (line,) = ax.plot(
-            steps,
-            [r.before[key] for r in trace.steps],
-            color=colour,
-            linestyle=style,
-            marker=marker,
-            markersize=4.5,
-            linewidth=1.5,
-            label=label,
-            zorder=3,
-        )
+        line = _series_line(ax, steps, [r.before[key] for r in trace.steps], colour, style, marker, label)
         points[name] = [float(v) for v in line.get_ydata()]
         handles.append(line)
     for record in trace.steps:

@@ -341,6 +341,14 @@ class ImageGuidance:
         capture.clear()
         return z, scored
 
+    def _rescore(self, capture, step: int, z: torch.Tensor, timestep: float):
+        """A pass at `z` and its losses: (z, scored, losses), or None when the pass was cancelled."""
+        scored = self._pass(capture, step, z, timestep)
+        if scored is None:
+            return None
+        z, current = scored
+        return z, current, self._losses(current, step)
+
     def _losses(self, scored: ScoredPass, step: int) -> GuidanceLosses:
         losses = guidance_losses(scored, self.cache)
         self.progress(step, losses.values())
@@ -362,12 +370,11 @@ class ImageGuidance:
             while not reached:
                 updates += 1
                 if updates > 1:
-                    scored = self._pass(capture, step, z, timestep)
-                    if scored is None:
+                    rescored = self._rescore(capture, step, z, timestep)
+                    if rescored is None:
                         return z.detach()
-                    z, current = scored
+                    z, current, losses = rescored
                     passes += 1
-                    losses = self._losses(current, step)
                 elif self.cache is not None:  # the repeated pass's second cache update, without the pass
                     losses = self._losses(current, step)
                 reached = refinement.reached(losses)
@@ -377,12 +384,11 @@ class ImageGuidance:
                     z = (z - size * gradient).detach()
                 if updates >= self.plan.max_refinement:
                     break
-            scored = self._pass(capture, step, z, timestep)
-            if scored is None:
+            rescored = self._rescore(capture, step, z, timestep)
+            if rescored is None:
                 return z.detach()
-            z, current = scored
+            z, current, losses = rescored
             passes += 1
-            losses = self._losses(current, step)
         if losses.cross.detach() != 0:
             (gradient,) = torch.autograd.grad(losses.cross, [z])
             z = z - size * gradient
