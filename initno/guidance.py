@@ -322,7 +322,8 @@ class ImageGuidance:
         if step >= self.plan.guided or self.trace.cancelled:
             return z
         with frozen_parameters(self.denoiser.unet), self.capture, torch.inference_mode(False), torch.enable_grad():
-            return self._guide(self.capture, step, z.detach().float(), timestep)
+            # A copy: a normal tensor even where the host samples in inference mode (Forge).
+            return self._guide(self.capture, step, z.detach().to(torch.float32, copy=True), timestep)
 
     def _pass(self, capture, step: int, z: torch.Tensor, timestep: float) -> tuple[torch.Tensor, ScoredPass] | None:
         if self.cancel():

@@ -15,6 +15,7 @@ from ..clip_bpe import ClipTokenizer
 from ..optimize import Denoiser
 from ..prompt import Chunk
 from ..subjects import CHUNK_LENGTH, PromptTokens, join_prompts, read_chunks
+from . import forge
 
 
 class Unsupported(Exception):
@@ -30,8 +31,6 @@ def unet_of(model) -> torch.nn.Module:
             f"an alternative UNet is active ({getattr(sd_unet.current_unet, 'option', 'e.g. TensorRT')}); "
             "InitNO needs the checkpoint's own UNet (set SD Unet to None)"
         )
-    if hasattr(model, "forge_objects"):
-        raise Unsupported("Forge's backend is not supported yet (it samples under inference mode)")
     if getattr(model, "is_sdxl", False) and len(text_encoders(model)) == 1:
         # The refiner (one text encoder, OpenCLIP-G) is trained for the last, low-noise steps only: its
         # attention at the first step says nothing about the composition.
@@ -39,6 +38,8 @@ def unet_of(model) -> torch.nn.Module:
             "SDXL refiner checkpoints are not supported; load an SDXL base checkpoint "
             "(the refiner can still finish the image through txt2img's Refiner option)"
         )
+    if forge.is_forge(model):
+        return forge.unet_of(model, Unsupported)
     wrapper = getattr(model, "model", None)
     unet = getattr(wrapper, "diffusion_model", None)
     if unet is None:
@@ -53,10 +54,19 @@ def unet_of(model) -> torch.nn.Module:
 
 def text_encoders(model) -> list:
     """The hijacked text encoders: SDXL base has two (CLIP-L, OpenCLIP-G), its refiner one."""
+    engines = forge.text_engines(model) if forge.is_forge(model) else None
+    if engines:
+        return engines
     conditioner = getattr(model, "conditioner", None)
     if conditioner is None:
         return [model.cond_stage_model]
     return [embedder for embedder in conditioner.embedders if hasattr(embedder, "process_texts")]
+
+
+def is_loaded(model) -> bool:
+    """Whether `model` is a checkpoint with its text encoders (Forge's placeholder before the first
+    generation is not)."""
+    return any(encoder is not None for encoder in text_encoders(model))
 
 
 def first_timestep(p) -> float:
@@ -92,7 +102,8 @@ def activation_bytes(p) -> float:
     """The memory an InitNO step needs above the loaded model, without checkpointing."""
     model = p.sd_model
     family = "sdxl" if getattr(model, "is_sdxl", False) else "sd2" if getattr(model, "is_sd2", False) else "sd1"
-    return ACTIVATION_BYTES_PER_PIXEL[family] * p.width * p.height * devices.dtype_unet.itemsize / 2
+    dtype = forge.compute_dtype(model) if forge.is_forge(model) else devices.dtype_unet
+    return ACTIVATION_BYTES_PER_PIXEL[family] * p.width * p.height * dtype.itemsize / 2
 
 
 def free_device_memory() -> int | None:
@@ -129,8 +140,11 @@ def check_before_generating(model, token_merging_ratio: float) -> torch.nn.Modul
 
 def denoiser(p) -> Denoiser:
     model = p.sd_model
+    unet = check_before_generating(model, p.get_token_merging_ratio())
+    if forge.is_forge(model):
+        return forge.denoiser(model, unet, first_timestep(p), checkpoint_blocks(p))
     return Denoiser(
-        unet=check_before_generating(model, p.get_token_merging_ratio()),
+        unet=unet,
         apply=model.apply_model,
         timestep=first_timestep(p),
         context_transform=hypernetwork_transform(),
@@ -145,8 +159,10 @@ class _TextModel:
     _display: ClipTokenizer | None = None
 
     def __init__(self, model):
-        self.model = model.cond_stage_model
-        self.end_id = text_encoders(model)[0].id_end  # SDXL: CLIP-L's, whose chunks the positions follow
+        encoders = text_encoders(model)
+        # A1111 and reForge tokenise through the hijacked `cond_stage_model`; Forge 2 has its engines only.
+        self.model = model.cond_stage_model if getattr(model, "cond_stage_model", None) is not None else encoders[0]
+        self.end_id = encoders[0].id_end  # SDXL: CLIP-L's, whose chunks the positions follow
 
     def encode(self, text: str) -> list[int]:
         return self.model.tokenize([text])[0]
@@ -234,6 +250,21 @@ def image_conditioning(p, index: int, part_lengths: tuple[int, ...]):
     if isinstance(batch, dict):
         return {"crossattn": tokens_of(batch["crossattn"]), "vector": batch["vector"][rows[0]][None].clone()}
     return tokens_of(batch)
+
+
+def prepared(p, latent: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Around InitNO's passes before sampling: what the host's sampler does to the model first (Forge: load
+    it, apply LoRA); in A1111 the model is ready when the hook runs."""
+    return forge.prepared(p.sd_model, latent) if forge.is_forge(p.sd_model) else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def differentiable_passes(model, unet: torch.nn.Module) -> Iterator[None]:
+    """Around InitNO's UNet passes (the noise optimisation, each guided step): gradients on, also under a
+    host that samples in inference mode (Forge), and through every block whatever wraps them."""
+    own_weights = forge.differentiable(unet, Unsupported) if forge.is_forge(model) else contextlib.nullcontext()
+    with torch.inference_mode(False), torch.enable_grad(), own_weights, gradients_through_blocks(unet):
+        yield
 
 
 @contextlib.contextmanager

@@ -170,7 +170,8 @@ class InitNOJob:
         for i in range(x.shape[0]):
             index = first + i
             try:
-                subjects, request = self._request(p, i, x[i])
+                with torch.inference_mode(False):  # normal tensors, even where the host samples in inference mode
+                    subjects, request = self._request(p, i, x[i])
             except ValueError as error:  # SubjectError among them: this image is skipped, the others run
                 self._skip(p, [index], str(error))
                 continue
@@ -190,9 +191,9 @@ class InitNOJob:
     def _optimise_batch(self, p, x, first: int, denoiser, requests: list[ImageRequest], positions: list[int]):
         """Optimises the noise of the batch's images in place; returns the denoiser that managed it."""
         results = None
-        with torch.inference_mode(False), torch.enable_grad():
+        with host.prepared(p, x):
             try:
-                results = self._optimise(denoiser, requests)
+                results = self._optimise(p, denoiser, requests)
             except torch.cuda.OutOfMemoryError:
                 if denoiser.checkpoint_blocks or not host.checkpointing_automatic():
                     raise
@@ -201,7 +202,7 @@ class InitNOJob:
                 # once more, checkpointed.
                 devices.torch_gc()
                 denoiser = replace(denoiser, checkpoint_blocks=True)
-                results = self._optimise(denoiser, requests)
+                results = self._optimise(p, denoiser, requests)
         for i, result in zip(positions, results):
             x[i].copy_(result.latent.to(dtype=x.dtype, device=x.device))
             outcome = self.outcomes[first + i]
@@ -273,9 +274,9 @@ class InitNOJob:
             self.outcomes[index].guidance_stop = reason
         comment(p, f"InitNO guidance {'skipped' if skipped else 'stopped'}: {reason}")
 
-    def _optimise(self, denoiser, requests: list[ImageRequest]):
+    def _optimise(self, p, denoiser, requests: list[ImageRequest]):
         progress = _Progress(self.args.params, len(requests))
-        with host.gradients_through_blocks(denoiser.unet):
+        with host.differentiable_passes(p.sd_model, denoiser.unet):
             return optimize_noise(denoiser, requests, self.args.params, progress=progress, cancel=_cancelled)
 
     def _request(self, p, i: int, noise: torch.Tensor) -> tuple[list[Subject], ImageRequest]:
@@ -389,10 +390,10 @@ class _GuidanceProgress:
 @contextlib.contextmanager
 def _guidance_pass(p, model, unet: torch.nn.Module) -> Iterator[None]:
     """Around each step's guidance passes: still the model sampling started with (the Refiner switch can
-    load another checkpoint mid-sampling), and gradients through every block of its UNet (ControlNet)."""
+    load another checkpoint mid-sampling), and differentiable (`host.differentiable_passes`)."""
     if p.sd_model is not model:
         raise host.Unsupported("the Refiner switched to another checkpoint during the guided steps")
-    with host.gradients_through_blocks(unet):
+    with host.differentiable_passes(model, unet):
         yield
 
 

@@ -28,8 +28,9 @@ class TokensRequest(BaseModel):
 
 def tokens(request: TokensRequest) -> dict:
     model = shared.sd_model
-    if model is None:
-        raise HTTPException(status_code=503, detail="no model is loaded")
+    if model is None or not host.is_loaded(model):
+        # Forge loads the checkpoint at the first generation, with a placeholder until then.
+        raise HTTPException(status_code=503, detail="no model is loaded yet")
     prompt, _ = extra_networks.parse_prompt(request.prompt)
     try:
         read = host.read_prompt_text(model, prompt, max(request.steps, 1))

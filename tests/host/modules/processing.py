@@ -1,9 +1,16 @@
 """Mirrors modules/processing.py of A1111 v1.10.1 for txt2img: the order of script hooks, the
 `torch.no_grad()` and autocast scopes, seeds, `p.rng` per batch, conditioning, the sampling hook
-`process_before_every_sampling` (first pass and hires pass), decoding, infotexts and `Processed`."""
+`process_before_every_sampling` (first pass and hires pass), decoding, infotexts and `Processed`.
+
+When the loaded model is a Forge 2 one (`forge_objects`: tests/host/backend), it runs as Forge 2's
+modules/processing.py (dfdcbab6) does instead: everything inside `torch.inference_mode()` (:911), the
+`forge_objects` reset before the hook (:1373), `p.modified_noise` taken as the initial noise after it
+(:1383-1385), the hook called twice in the hires pass (:1508-1526), and the sampler's
+`sampling_prepare` / `sampling_cleanup` around its sampling (sd_samplers_kdiffusion.py:198, :242)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 
@@ -16,6 +23,21 @@ from PIL import Image
 
 opt_C = 4
 opt_f = 8
+
+
+def is_forge2(model) -> bool:
+    return hasattr(model, "forge_objects")
+
+
+def _sample_forge2(p, x, sample):
+    from backend.sampling.sampling_function import sampling_cleanup, sampling_prepare
+
+    unet = p.sd_model.forge_objects.unet
+    sampling_prepare(unet, x)
+    try:
+        return sample()
+    finally:
+        sampling_cleanup(unet)
 
 
 def get_fixed_seed(seed):
@@ -137,19 +159,35 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
             self.hr_upscale_to_y = int(self.height * self.hr_scale)
 
     def txt2img_image_conditioning(self, x, width=None, height=None):
-        self.is_using_inpainting_conditioning = self.sd_model.model.conditioning_key in {"hybrid", "concat"}
+        if is_forge2(self.sd_model):  # Forge 2 processing.py:300-301
+            self.is_using_inpainting_conditioning = self.sd_model.is_inpaint
+        else:
+            self.is_using_inpainting_conditioning = self.sd_model.model.conditioning_key in {"hybrid", "concat"}
         return x.new_zeros(x.shape[0], 5, 1, 1)
 
     def sample(self, conditioning, unconditional_conditioning, seeds, subseeds, subseed_strength, prompts):
         self.sampler = sd_samplers.create_sampler(self.sampler_name, self.sd_model)
         x = self.rng.next()
+        forge2 = is_forge2(self.sd_model)
+        if forge2:
+            self.sd_model.forge_objects = self.sd_model.forge_objects_after_applying_lora.shallow_copy()
         if self.scripts is not None:
             self.scripts.process_before_every_sampling(
                 p=self, x=x, noise=x, c=conditioning, uc=unconditional_conditioning
             )
-        samples = self.sampler.sample(
-            self, x, conditioning, unconditional_conditioning, image_conditioning=self.txt2img_image_conditioning(x)
+        if forge2 and self.modified_noise is not None:
+            x = self.modified_noise
+            self.modified_noise = None
+
+        sample = functools.partial(
+            self.sampler.sample,
+            self,
+            x,
+            conditioning,
+            unconditional_conditioning,
+            image_conditioning=self.txt2img_image_conditioning(x),
         )
+        samples = _sample_forge2(self, x, sample) if forge2 else sample()
         del x
         if not self.enable_hr:
             return samples
@@ -172,6 +210,11 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         if self.scripts is not None:
             self.scripts.before_hr(self)
             self.scripts.process_before_every_sampling(p=self, x=samples, noise=noise, c=self.hr_c, uc=self.hr_uc)
+            if is_forge2(self.sd_model):  # Forge 2 calls it once more after resetting forge_objects
+                self.sd_model.forge_objects = self.sd_model.forge_objects_after_applying_lora.shallow_copy()
+                self.scripts.process_before_every_sampling(p=self, x=samples, noise=noise, c=self.hr_c, uc=self.hr_uc)
+                if self.modified_noise is not None:
+                    noise, self.modified_noise = self.modified_noise, None
         samples = self.sampler.sample_img2img(
             self, samples, noise, self.hr_c, self.hr_uc, steps=self.hr_second_pass_steps or self.steps
         )
@@ -264,7 +307,7 @@ def process_images_inner(p):
         p.scripts.process(p)
 
     infotexts, output_images = [], []
-    with torch.no_grad(), p.sd_model.ema_scope():
+    with torch.inference_mode() if is_forge2(p.sd_model) else torch.no_grad(), p.sd_model.ema_scope():
         with devices.autocast():
             p.init(p.all_prompts, p.all_seeds, p.all_subseeds)
         if state.job_count == -1:
