@@ -7,10 +7,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from modules import devices, prompt_parser, sd_unet, shared
 
+from ..attention import is_attention_module
 from ..clip_bpe import ClipTokenizer
 from ..optimize import Denoiser
 from ..prompt import Chunk
@@ -138,9 +140,52 @@ def check_before_generating(model, token_merging_ratio: float) -> torch.nn.Modul
     return unet_of(model)
 
 
+MOTION_MODULES = ("VanillaTemporalModule",)
+"""AnimateDiff's motion modules (continue-revolution/sd-webui-animatediff a88e889, motion_module.py:110),
+which `AnimateDiffMM.inject` adds to the UNet's blocks for the whole generation (scripts/animatediff_mm.py:62-110)."""
+
+
+def check_other_extensions(unet: torch.nn.Module) -> None:
+    """Reasons to skip InitNO that other extensions put on the UNet for this generation (issue 13 matrix)."""
+    for module in unet.modules():
+        if type(module).__name__ in MOTION_MODULES:
+            raise Unsupported(
+                "AnimateDiff is on: its motion modules make the batch one video, and optimising each frame's "
+                "noise on its own would break the frames' coherence; the video is generated without InitNO"
+            )
+    for name, module in unet.named_modules():
+        forward = module.__dict__.get("forward")
+        # Cross-attention only: what ties the prompt's tokens to the image, the maps InitNO reads. A
+        # replaced self-attention (the WebUI's Hypertile tiles it) keeps running outside the read layers.
+        if forward is None or not name.endswith("attn2") or not is_attention_module(module):
+            continue
+        owner = _extension_of(forward)
+        # Regional Prompter's attention (and prompt) mode, sd-webui-regional-prompter be62345
+        # scripts/attention.py:119-125: splits every batch by the generation's batch size and counts its
+        # calls to tell prompts apart; InitNO's one-image passes break both.
+        hint = "; its Latent mode works with InitNO" if "regional-prompter" in owner else ""
+        raise Unsupported(
+            f"{owner} replaces the UNet's cross-attention ({name}), and InitNO's passes (one image, outside "
+            f"the sampler) would run through it; turn it off to use InitNO{hint}"
+        )
+
+
+def _extension_of(function) -> str:
+    """The extension (its folder) whose file defines `function`, else that file's name."""
+    function = getattr(function, "func", function)  # functools.partial
+    code = getattr(getattr(function, "__func__", function), "__code__", None)
+    path = Path(code.co_filename) if code is not None else Path("another extension")
+    parts = path.parts
+    for marker in ("extensions", "extensions-builtin"):
+        if marker in parts[:-1]:
+            return parts[parts.index(marker) + 1]
+    return path.name
+
+
 def denoiser(p) -> Denoiser:
     model = p.sd_model
     unet = check_before_generating(model, p.get_token_merging_ratio())
+    check_other_extensions(unet)
     if forge.is_forge(model):
         return forge.denoiser(model, unet, first_timestep(p), checkpoint_blocks(p))
     return Denoiser(
