@@ -98,30 +98,28 @@ def compute_dtype(model) -> torch.dtype:
     return dtype
 
 
-def transformer_options(model, timestep: float) -> dict:
+def transformer_options(model, timesteps: torch.Tensor) -> dict:
     """What the host's sampling passes the UNet for the cond branch (Forge 2 sampling_function.py:238-273),
     from the patcher's options, without the attention patches InitNO cannot read through."""
     unet = patcher(model)
     options = dict(unet.model_options.get("transformer_options", {}))
     options.pop("patches_replace", None)
-    patches = {k: v for k, v in options.get("patches", {}).items() if k not in EXCLUDED_PATCHES}
-    options["patches"] = patches
+    options["patches"] = {k: v for k, v in options.get("patches", {}).items() if k not in EXCLUDED_PATCHES}
     schedule = getattr(unet.model, "predictor", None) or getattr(unet.model, "model_sampling", None)
-    if schedule is not None:
-        options["sigmas"] = schedule.sigma(torch.tensor([timestep], dtype=torch.float32))
+    if schedule is not None:  # the sigma of each pass: the guidance's passes run at later timesteps
+        options["sigmas"] = schedule.sigma(timesteps.detach().float().cpu()).to(timesteps.device)
     options["cond_or_uncond"] = [0]
     return options
 
 
 def denoiser(model, unet: nn.Module, timestep: float, checkpoint_blocks: bool) -> Denoiser:
     dtype = compute_dtype(model)
-    options = transformer_options(model, timestep)
 
     def apply(latent: torch.Tensor, timesteps: torch.Tensor, cond) -> torch.Tensor:
         device = next(unet.parameters()).device
         context, extra = (cond["crossattn"], {"y": cond["vector"]}) if isinstance(cond, dict) else (cond, {})
         extra = {name: value.to(device, dtype) for name, value in extra.items()}
-        pass_options = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in options.items()}
+        pass_options = transformer_options(model, timesteps.to(device))
         return unet(
             latent.to(device, dtype),
             timesteps.to(device).float(),

@@ -271,3 +271,18 @@ def test_interrupt_on_forge_2_stops_within_one_step_and_restores_the_model(webui
     assert len(passes) == 2
     assert _params(processed)["InitNO"] == "interrupted after 2 steps"
     assert_model_as_loaded(forge2, parameters)
+
+
+def test_each_guidance_pass_tells_the_patches_its_own_sigma(webui, forge2):
+    seen = []
+    unet = _unet(forge2)
+    handle = unet.register_forward_pre_hook(
+        lambda _module, _args, kwargs: seen.append(kwargs["transformer_options"]), with_kwargs=True
+    )
+    try:
+        processed = webui.txt2img({**ON, "method": "ae", "max_refinement": 1}, steps=4, sampler_name="Euler", **SIZE)
+    finally:
+        handle.remove()
+    assert _params(processed)["InitNO guidance"].startswith("Attend-and-Excite, 2 steps")
+    sigmas = sorted({round(o["sigmas"].item(), 3) for o in seen if "cond_or_uncond" in o}, reverse=True)
+    assert len(sigmas) == 2 and sigmas[0] == pytest.approx(14.6, abs=0.1)  # the two guided steps' sigmas
