@@ -107,3 +107,24 @@ def assert_no_hooks_left(model: StandInSD1Model) -> None:
     assert all(not m._forward_pre_hooks and not m._forward_hooks for m in unet.modules()), "a hook was left behind"
     assert all(p.requires_grad for p in unet.parameters()), "parameter flags not restored"
     assert all(p.grad is None for p in unet.parameters()), "a parameter got a gradient"
+
+
+def interrupt_after(monkeypatch, passes: int) -> list:
+    """Makes InitNO's optimisation press Interrupt after `passes` UNet passes; returns the passes' records."""
+    from initno import optimize as optimize_module
+    from initno.webui import job as job_module
+
+    records = []
+    real = optimize_module.optimize_noise
+
+    def interrupting(denoiser, requests, params, progress, cancel):
+        def progress_then_interrupt(*args):
+            records.append(args)
+            progress(*args)
+            if len(records) == passes:
+                shared.state.interrupt()
+
+        return real(denoiser, requests, params, progress=progress_then_interrupt, cancel=cancel)
+
+    monkeypatch.setattr(job_module, "optimize_noise", interrupting)
+    return records

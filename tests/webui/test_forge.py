@@ -13,6 +13,7 @@ import pytest
 import torch
 from backend.diffusion_engine.sd15 import StableDiffusion
 from backend.diffusion_engine.sdxl import StableDiffusionXL
+from conftest import interrupt_after
 from modules import infotext_utils, shared
 from modules.sd_models_xl import StandInSDXLModel
 
@@ -140,16 +141,10 @@ def test_batches_on_forge_2_are_reproducible_per_seed(webui, forge2, monkeypatch
 
 
 def test_hires_pass_on_forge_2_is_left_alone(webui, forge2, monkeypatch):
-    seen = []
-    real = job_module.InitNOJob.run_batch
-    monkeypatch.setattr(
-        job_module.InitNOJob, "run_batch", lambda self, p, x: (seen.append(p.is_hr_pass), real(self, p, x))
-    )
-    spy = OptimiseSpy(monkeypatch)
-    processed = webui.txt2img(ON, enable_hr=True, hr_scale=1.5, denoising_strength=0.5, **SIZE)
-    assert seen == [False]  # the two hires calls return before run_batch
-    assert len(spy.results) == 1
-    assert processed.images[0].size == (192, 192)
+    """A1111's check, on Forge 2, whose hires pass calls the hook twice: both return before run_batch."""
+    from test_generation import test_hires_second_pass_is_left_alone
+
+    test_hires_second_pass_is_left_alone(webui, monkeypatch)
 
 
 def test_attention_patches_are_left_out_of_initnos_passes(webui, forge2, monkeypatch):
@@ -253,19 +248,7 @@ def test_sdxl_on_forge_2_equals_sdxl_on_a1111(webui, monkeypatch):
 
 
 def test_interrupt_on_forge_2_stops_within_one_step_and_restores_the_model(webui, forge2, monkeypatch):
-    real = optimize_module.optimize_noise
-    passes = []
-
-    def interrupting(denoiser, requests, params, progress, cancel):
-        def progress_then_interrupt(*args):
-            passes.append(args)
-            progress(*args)
-            if len(passes) == 2:
-                shared.state.interrupt()
-
-        return real(denoiser, requests, params, progress=progress_then_interrupt, cancel=cancel)
-
-    monkeypatch.setattr(job_module, "optimize_noise", interrupting)
+    passes = interrupt_after(monkeypatch, 2)
     parameters = list(_unet(forge2).parameters())
     processed = webui.txt2img({**ON, "max_rounds": 5, "steps_per_round": 10}, **SIZE)
     assert len(passes) == 2

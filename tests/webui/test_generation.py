@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import assert_no_hooks_left
+from conftest import assert_no_hooks_left, interrupt_after
 from modules import devices, infotext_utils, processing, rng, sd_unet, shared
 from modules.sd_hijack import Embedding, model_hijack
 
@@ -194,19 +194,7 @@ def test_ancestral_noise_after_the_first_step_is_unchanged(webui, monkeypatch):
 
 
 def test_interrupt_stops_within_one_step(webui, monkeypatch):
-    passes = []
-    real = optimize_module.optimize_noise
-
-    def interrupting(denoiser, requests, params, progress, cancel):
-        def progress_then_interrupt(*args):
-            passes.append(args)
-            progress(*args)
-            if len(passes) == 3:
-                shared.state.interrupt()
-
-        return real(denoiser, requests, params, progress=progress_then_interrupt, cancel=cancel)
-
-    monkeypatch.setattr(job_module, "optimize_noise", interrupting)
+    passes = interrupt_after(monkeypatch, 3)
     processed = webui.txt2img({**ON, "max_rounds": 5, "steps_per_round": 10}, **SIZE)
     assert len(passes) == 3
     assert len(processed.images) == 1  # as without InitNO: the interrupted sampler returns its latent
