@@ -25,18 +25,21 @@ def _eval(args) -> int:
     prompts = evaluate.read_prompts(args.prompts)
     seeds = evaluate.parse_seeds(args.seeds)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    params = InitNOParams.from_assignments(args.set or [])  # bad values fail now, not after minutes
     for method in methods:
-        evaluate.method_settings(method, InitNOParams())  # an unknown method fails now, not after minutes
+        evaluate.method_settings(method, params)
     model = Miniature.load(args.weights) if args.weights else Miniature.load()
     log = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
-    samples = evaluate.evaluate(model, prompts, seeds, methods, log=log)
-    report = evaluate.report(samples, methods, len(prompts), len(seeds))
+    samples = evaluate.evaluate(model, prompts, seeds, methods, params=params, log=log)
+    report = evaluate.report(samples, methods, len(prompts), len(seeds), params)
     if args.report:
         evaluate.write_json(Path(args.report), report)
     if args.json:
         print(json.dumps(report))
     else:
         print(f"{len(prompts)} prompts × {len(seeds)} seeds, DDIM {evaluate.STEPS} steps, guidance {evaluate.GUIDANCE}")
+        if report["changed_params"]:
+            print("InitNO parameters changed from the official defaults:", report["changed_params"])
         print(evaluate.format_table(report["rows"]))
     if args.grid:
         grid = Path(args.grid)
@@ -90,6 +93,12 @@ def main(argv: list[str] | None = None) -> int:
         "--methods", default="plain,best-of-n,initno", help="comma-separated, any of " + ", ".join(EVAL_METHODS)
     )
     evaluation.add_argument("--weights", default=None, help="miniature weights (default: the shipped ones)")
+    evaluation.add_argument(
+        "--set",
+        action="append",
+        metavar="NAME=VALUE",
+        help="an InitNO parameter other than the official default, e.g. conflict_threshold=0.5 (repeatable)",
+    )
     evaluation.add_argument("--grid", default="outputs/initno-eval.png", help="before/after grid PNG ('' for none)")
     evaluation.add_argument("--json", action="store_true", help="print the table and every verdict as JSON")
     evaluation.add_argument("--report", default="", help="also write that JSON to this file")

@@ -79,6 +79,22 @@ class InitNOParams:
     def replace(self, **changes) -> InitNOParams:
         return dataclasses.replace(self, **changes)
 
+    @classmethod
+    def from_assignments(cls, assignments: list[str]) -> InitNOParams:
+        """The official defaults with `NAME=VALUE` changes (e.g. `conflict_threshold=0.5`), validated."""
+        specs = {spec.name: spec for spec in dataclasses.fields(cls)}
+        changes = {}
+        for assignment in assignments:
+            name, equals, text = assignment.partition("=")
+            name = name.strip()
+            if not equals or name not in specs:
+                raise ValueError(f"{assignment!r}: expected NAME=VALUE with NAME one of {', '.join(specs)}")
+            try:
+                changes[name] = float(text)
+            except ValueError:
+                raise ValueError(f"InitNO parameter {name!r} must be a number, got {text.strip()!r}") from None
+        return cls(**changes)
+
     @property
     def max_passes(self) -> int:
         """UNet passes per image at worst: every round, then the fallback, which continues the best round

@@ -88,3 +88,23 @@ def test_the_benchmark_reports_every_method(tmp_path):
     assert rows["plain"]["all_present"] == 0.0 and rows["initno"]["all_present"] == 1.0
     assert (rows["best-of-n"]["passes"], rows["initno"]["passes"]) == (5, 91)  # 5 scored restarts; the bound
     assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_benchmark_runs_with_changed_parameters_and_says_so(tmp_path):
+    """`eval --set NAME=VALUE`: the run uses them (the pass count follows) and the report lists them."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(f"{DEMO_PROMPT}\n")
+    changes = ["max_rounds=1", "steps_per_round=2", "fallback_steps=0"]
+    options = ["--prompts", str(prompts), "--seeds", str(DEMO_SEED), "--methods", "initno", "--grid", ""]
+    completed = subprocess.run(
+        [sys.executable, "-m", "initno", "eval", *options, *(f"--set={c}" for c in changes), "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    report = json.loads(completed.stdout)
+    assert report["changed_params"] == {"max_rounds": 1, "steps_per_round": 2, "fallback_steps": 0}
+    assert report["rows"][0]["passes"] == 2

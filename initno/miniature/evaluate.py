@@ -16,6 +16,7 @@ The detector (`detect`) judges every image. Time is wall time per image, relativ
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -286,8 +287,18 @@ def read_prompts(path: str | None) -> list[str]:
     return prompts
 
 
-def report(samples: Sequence[Sample], methods: Sequence[str], prompts: int, seeds: int) -> dict:
-    """The table's rows, and every image's verdict (to find a case, or to compare two runs)."""
+def report(
+    samples: Sequence[Sample], methods: Sequence[str], prompts: int, seeds: int, params: InitNOParams | None = None
+) -> dict:
+    """The table's rows, the InitNO parameters that differ from the official defaults, and every image's
+    verdict (to find a case, or to compare two runs)."""
+    params = params or InitNOParams()
+    defaults = InitNOParams()
+    changed = {
+        spec.name: getattr(params, spec.name)
+        for spec in dataclasses.fields(params)
+        if getattr(params, spec.name) != getattr(defaults, spec.name)
+    }
     images = [
         {
             "prompt": s.prompt,
@@ -301,7 +312,13 @@ def report(samples: Sequence[Sample], methods: Sequence[str], prompts: int, seed
         }
         for s in samples
     ]
-    return {"prompts": prompts, "seeds": seeds, "rows": summarise(samples, methods), "images": images}
+    return {
+        "prompts": prompts,
+        "seeds": seeds,
+        "changed_params": changed,
+        "rows": summarise(samples, methods),
+        "images": images,
+    }
 
 
 def write_json(path: Path, data: dict) -> None:
