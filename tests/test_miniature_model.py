@@ -67,14 +67,10 @@ def test_initno_brings_back_the_subject_plain_sampling_misses(miniworld):
     assert detect(optimised, subjects).all_present
 
 
-def test_the_benchmark_reports_every_method(tmp_path):
-    """`python -m initno eval` on one prompt and seed: a row per method, with the columns the README shows."""
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text(f"{DEMO_PROMPT}\n")
-    grid = tmp_path / "grid.png"
-    options = ["--prompts", str(prompts), "--seeds", str(DEMO_SEED), "--methods", "plain,best-of-n,initno"]
+def _eval_json(*options: str) -> dict:
+    """`python -m initno eval OPTIONS --json`, run as a user runs it; its report."""
     completed = subprocess.run(
-        [sys.executable, "-m", "initno", "eval", *options, "--json", "--grid", str(grid)],
+        [sys.executable, "-m", "initno", "eval", *options, "--json"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -82,7 +78,16 @@ def test_the_benchmark_reports_every_method(tmp_path):
         check=False,
     )
     assert completed.returncode == 0, completed.stderr
-    report = json.loads(completed.stdout)
+    return json.loads(completed.stdout)
+
+
+def test_the_benchmark_reports_every_method(tmp_path):
+    """`python -m initno eval` on one prompt and seed: a row per method, with the columns the README shows."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(f"{DEMO_PROMPT}\n")
+    grid = tmp_path / "grid.png"
+    options = ["--prompts", str(prompts), "--seeds", str(DEMO_SEED), "--methods", "plain,best-of-n,initno"]
+    report = _eval_json(*options, "--grid", str(grid))
     rows = {row["method"]: row for row in report["rows"]}
     assert list(rows) == ["plain", "best-of-n", "initno"]
     assert rows["plain"]["all_present"] == 0.0 and rows["initno"]["all_present"] == 1.0
@@ -96,15 +101,6 @@ def test_the_benchmark_runs_with_changed_parameters_and_says_so(tmp_path):
     prompts.write_text(f"{DEMO_PROMPT}\n")
     changes = ["max_rounds=1", "steps_per_round=2", "fallback_steps=0"]
     options = ["--prompts", str(prompts), "--seeds", str(DEMO_SEED), "--methods", "initno", "--grid", ""]
-    completed = subprocess.run(
-        [sys.executable, "-m", "initno", "eval", *options, *(f"--set={c}" for c in changes), "--json"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr
-    report = json.loads(completed.stdout)
+    report = _eval_json(*options, *(f"--set={c}" for c in changes))
     assert report["changed_params"] == {"max_rounds": 1, "steps_per_round": 2, "fallback_steps": 0}
     assert report["rows"][0]["passes"] == 2
