@@ -293,27 +293,30 @@ class AttentionCapture:
         mean = torch.cat(per_image, dim=1).mean(dim=1)
         return mean.reshape(batch_size, *self.grid, mean.shape[-1])
 
-    def self_attention_rows(self, peaks: torch.Tensor) -> torch.Tensor:
+    def self_attention_rows(self, peaks: torch.Tensor, image: int | None = None, batch_size: int = 1) -> torch.Tensor:
         """Self-attention rows at flat pixel indices `peaks` (B, N), averaged over layers and heads.
 
-        Returns (B, N, h, w), fp32: the official aggregated self-attention map indexed at the peaks.
+        Returns (B, N, h, w), fp32: the official aggregated self-attention map indexed at the peaks. With
+        `image`, only that image of a pass over `batch_size` images is read (`peaks` then has B = 1).
         """
         if not self._self:
             raise ValueError("no self-attention was recorded in the last pass")
         if peaks.dim() == 1:
             peaks = peaks[None]
-        batch_size, count = peaks.shape
+        count = peaks.shape[1]
         total, heads_seen = None, 0
         for q, k, scale in self._self:
-            q = q.reshape(batch_size, -1, *q.shape[1:])
-            k = k.reshape(batch_size, -1, *k.shape[1:])
+            q = q.reshape(batch_size if image is not None else peaks.shape[0], -1, *q.shape[1:])
+            k = k.reshape(q.shape[0], -1, *k.shape[1:])
+            if image is not None:
+                q, k = q[image : image + 1], k[image : image + 1]
             index = peaks.to(q.device)[:, None, :, None].expand(-1, q.shape[1], -1, q.shape[-1])
             with torch.autocast(device_type=q.device.type, enabled=False):
                 rows = (torch.matmul(q.gather(2, index).float(), k.float().transpose(-1, -2)) * scale).softmax(dim=-1)
             layer_sum = rows.sum(dim=1)
             total = layer_sum if total is None else total + layer_sum
             heads_seen += q.shape[1]
-        return (total / heads_seen).reshape(batch_size, count, *self.grid)
+        return (total / heads_seen).reshape(-1, count, *self.grid)
 
 
 def _refuse_extras(mask, kwargs) -> None:

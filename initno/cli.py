@@ -19,33 +19,65 @@ def _demo(args) -> int:
 
 
 def _eval(args) -> int:
+    import time
+
     from .miniature import evaluate
     from .miniature.model import Miniature
 
-    prompts = evaluate.read_prompts(args.prompts)
-    seeds = evaluate.parse_seeds(args.seeds)
+    split = evaluate.SPLITS[args.split]
+    prompts = evaluate.read_prompts(args.prompts) if args.prompts else list(split.prompts)
+    seeds = evaluate.parse_seeds(args.seeds) if args.seeds else list(split.seeds)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    params = InitNOParams.from_assignments(args.set or [])  # bad values fail now, not after minutes
-    for method in methods:
-        evaluate.method_settings(method, params)
+    settings = evaluate.EvalSettings.from_assignments(args.set or [], args.n)  # bad values fail now, not later
+    evaluate.check_methods(methods)
     model = Miniature.load(args.weights) if args.weights else Miniature.load()
     log = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
-    samples = evaluate.evaluate(model, prompts, seeds, methods, params=params, log=log)
-    report = evaluate.report(samples, methods, len(prompts), len(seeds), params)
+    began = time.perf_counter()
+    benchmark = evaluate.Benchmark(model, settings, log)
+    samples = benchmark.run(prompts, seeds, methods)
+    minutes = (time.perf_counter() - began) / 60
+    best_of = benchmark.best_of() if "best-of-n" in methods else None
+    report = evaluate.report(samples, methods, len(prompts), len(seeds), settings, benchmark.thresholds, best_of)
+    report["minutes"] = round(minutes, 2)
     if args.report:
         evaluate.write_json(Path(args.report), report)
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"{len(prompts)} prompts × {len(seeds)} seeds, DDIM {evaluate.STEPS} steps, guidance {evaluate.GUIDANCE}")
+        source = f"{args.split} split" if not (args.prompts or args.seeds) else "chosen prompts/seeds"
+        print(f"{len(prompts)} prompts × {len(seeds)} seeds ({source}), DDIM {evaluate.STEPS} steps, "
+              f"guidance {evaluate.GUIDANCE}; {minutes:.1f} min")  # fmt: skip
+        if benchmark.thresholds:
+            print(f"thresholds: cross {benchmark.thresholds.cross:.3f}, conflict {benchmark.thresholds.conflict:.3f} "
+                  f"({benchmark.thresholds.source})")  # fmt: skip
         if report["changed_params"]:
-            print("InitNO parameters changed from the official defaults:", report["changed_params"])
+            print("changed from the defaults:", report["changed_params"])
         print(evaluate.format_table(report["rows"]))
     if args.grid:
         grid = Path(args.grid)
         grid.parent.mkdir(parents=True, exist_ok=True)
         evaluate.comparison_grid(samples, methods).save(grid)
         print(f"grid: {grid}", file=sys.stderr)
+    return 0
+
+
+def _study(args) -> int:
+    from .miniature import evaluate, study
+    from .miniature.model import Miniature
+
+    split = evaluate.SPLITS["study"]
+    seeds = evaluate.parse_seeds(args.seeds) if args.seeds else list(split.seeds)
+    output = Path(args.output)
+    if args.replay:
+        records = json.loads(output.read_text())
+    else:
+        model = Miniature.load(args.weights) if args.weights else Miniature.load()
+        world_ = evaluate.Miniworld(model)
+        log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+        records = study.collect(world_, split.prompts, seeds, args.candidates, log=log)
+        study.write(output, records)
+    print(f"study split: {len({r['prompt'] for r in records})} prompts × {len({r['seed'] for r in records})} seeds")
+    print(study.table(records))
     return 0
 
 
@@ -86,22 +118,32 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--output", default="outputs/initno-demo.png", help="where to write the picture (PNG)")
 
     evaluation = commands.add_parser("eval", help="the subject-presence benchmark on the miniature model")
-    evaluation.add_argument("--prompts", default=None, help="a file, one prompt per line (default: the held-out pairs)")
-    # The defaults finish in about 10 minutes on 2 cores; the README's table is --seeds 0-7 with every method.
-    evaluation.add_argument("--seeds", default="0-3", help="e.g. 0-7 or 1,5,9")
+    split_help = "prompts and seeds: choose on study, report on confirm (see evaluate.Split)"
+    evaluation.add_argument("--split", choices=["study", "confirm"], default="study", help=split_help)
+    evaluation.add_argument("--prompts", default=None, help="a file, one prompt per line (instead of the split's)")
+    evaluation.add_argument("--seeds", default=None, help="e.g. 0-7 or 1,5,9 (instead of the split's)")
     evaluation.add_argument(
-        "--methods", default="plain,best-of-n,initno", help="comma-separated, any of " + ", ".join(EVAL_METHODS)
+        "--methods", default="plain,best-of-n,fast", help="comma-separated, any of " + ", ".join(EVAL_METHODS)
     )
+    evaluation.add_argument("--n", type=int, default=None, help="best-of-n's n (default: fast's mean passes)")
     evaluation.add_argument("--weights", default=None, help="miniature weights (default: the shipped ones)")
     evaluation.add_argument(
         "--set",
         action="append",
         metavar="NAME=VALUE",
-        help="an InitNO parameter other than the official default, e.g. conflict_threshold=0.5 (repeatable)",
+        help="a parameter other than its default: InitNO's (e.g. conflict_threshold=0.5), selection's "
+        "(candidates, polish_steps, patience) or the calibration quantile (repeatable)",
     )
     evaluation.add_argument("--grid", default="outputs/initno-eval.png", help="before/after grid PNG ('' for none)")
     evaluation.add_argument("--json", action="store_true", help="print the table and every verdict as JSON")
     evaluation.add_argument("--report", default="", help="also write that JSON to this file")
+
+    studying = commands.add_parser("study", help="which first-pass scores predict a good image (study split only)")
+    studying.add_argument("--seeds", default="0-11", help="seeds of the study split to use")
+    studying.add_argument("--candidates", type=int, default=8, help="noises per seed, each scored and sampled")
+    studying.add_argument("--weights", default=None, help="miniature weights (default: the shipped ones)")
+    studying.add_argument("--output", default="outputs/initno-study.json", help="every noise's scores and verdict")
+    studying.add_argument("--replay", action="store_true", help="print the table from --output without sampling")
 
     from .miniature.train import add_arguments
 
@@ -123,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         return bench_main(rest)
     if rest:
         parser.error(f"unrecognised arguments: {' '.join(rest)}")
-    commands_run = {"demo": _demo, "tokens": _tokens, "eval": _eval, "train": _train}
+    commands_run = {"demo": _demo, "tokens": _tokens, "eval": _eval, "study": _study, "train": _train}
     try:
         return commands_run[args.command](args)
     except (SubjectError, ValueError, ImportError, FileNotFoundError) as error:

@@ -17,6 +17,7 @@ from initno.miniature.evaluate import Miniworld, initial_noise
 from initno.miniature.model import Miniature
 from initno.miniature.train import sha256
 from initno.params import InitNOParams
+from initno.selection import SelectionParams
 
 ROOT = Path(__file__).parents[1]
 
@@ -81,17 +82,27 @@ def _eval_json(*options: str) -> dict:
     return json.loads(completed.stdout)
 
 
-def test_the_benchmark_reports_every_method(tmp_path):
-    """`python -m initno eval` on one prompt and seed: a row per method, with the columns the README shows."""
+def test_the_benchmark_reports_every_method_with_intervals_and_paired_tests(tmp_path):
+    """`python -m initno eval` on one prompt and two seeds: a row per method, each with its Wilson interval
+    and its paired comparison with plain and best-of-n; best-of-n at fast's passes."""
     prompts = tmp_path / "prompts.txt"
     prompts.write_text(f"{DEMO_PROMPT}\n")
     grid = tmp_path / "grid.png"
-    options = ["--prompts", str(prompts), "--seeds", str(DEMO_SEED), "--methods", "plain,best-of-n,initno"]
+    options = ["--prompts", str(prompts), "--seeds", f"{DEMO_SEED},1", "--methods", "plain,best-of-n,fast"]
     report = _eval_json(*options, "--grid", str(grid))
-    rows = {row["method"]: row for row in report["rows"]}
-    assert list(rows) == ["plain", "best-of-n", "initno"]
-    assert rows["plain"]["all_present"] == 0.0 and rows["initno"]["all_present"] == 1.0
-    assert (rows["best-of-n"]["passes"], rows["initno"]["passes"]) == (5, 91)  # 5 scored restarts; the bound
+    rows = report["rows"]
+    fast = rows[2]
+    assert [row["method"] for row in rows] == ["plain", f"best-of-{report['best_of']}", "fast"]
+    assert report["best_of"] == round(fast["passes"])
+    assert 8 <= fast["passes"] <= SelectionParams().max_passes
+    assert rows[0]["passes"] == 0 and rows[1]["passes"] == report["best_of"]
+    assert rows[0]["vs_plain"] is None and set(rows[2]["vs_plain"]) == {"difference", "interval", "wins", "losses", "p"}
+    for row in rows:
+        low, high = row["interval"]
+        assert low <= row["all_present"] <= high
+    assert report["thresholds"]["source"].startswith("calibrated")
+    plain = [image for image in report["images"] if image["method"] == "plain"]
+    assert next(image["present"] for image in plain) != [True, True]  # the demo's seed: plain misses a subject
     assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -99,8 +110,10 @@ def test_the_benchmark_runs_with_changed_parameters_and_says_so(tmp_path):
     """`eval --set NAME=VALUE`: the run uses them (the pass count follows) and the report lists them."""
     prompts = tmp_path / "prompts.txt"
     prompts.write_text(f"{DEMO_PROMPT}\n")
-    changes = ["max_rounds=1", "steps_per_round=2", "fallback_steps=0"]
-    options = ["--prompts", str(prompts), "--seeds", str(DEMO_SEED), "--methods", "initno", "--grid", ""]
+    changes = ["max_rounds=1", "steps_per_round=2", "fallback_steps=0", "candidates=3", "polish_steps=0"]
+    options = ["--prompts", str(prompts), "--seeds", str(DEMO_SEED), "--methods", "initno,fast", "--grid", ""]
     report = _eval_json(*options, *(f"--set={c}" for c in changes))
-    assert report["changed_params"] == {"max_rounds": 1, "steps_per_round": 2, "fallback_steps": 0}
-    assert report["rows"][0]["passes"] == 2
+    assert report["changed_params"] == {
+        "max_rounds": 1, "steps_per_round": 2, "fallback_steps": 0, "candidates": 3, "polish_steps": 0
+    }  # fmt: skip
+    assert [row["passes"] for row in report["rows"]] == [2, 3]

@@ -1,17 +1,22 @@
 """The subject-presence benchmark on the miniature: `python -m initno eval`.
 
-Protocol (fixed before InitNO was measured with it): the 20 held-out pairs as "a <colour> <shape> and a
-<colour> <shape>", seeds 0–7, DDIM 50 steps, guidance 7.5, InitNO at its default settings with the two
-shape words as subjects (the nouns, as Attend-and-Excite's prompts name them). For each prompt and seed,
-the same initial noise (`torch.randn` of a CPU generator seeded with the seed) is sampled:
+Protocol (fixed before the methods were measured with it): prompts "a <colour> <shape> and a <colour>
+<shape>" from the held-out pairs, split into a study half (where anything is chosen) and a confirm half
+(where claims are reported; `Split`); DDIM 50 steps, guidance 7.5; the two shape words as subjects (the
+nouns, as Attend-and-Excite's prompts name them). For each prompt and seed the same initial noise
+(`torch.randn` of a CPU generator seeded with the seed) goes to every method:
 - plain: as it is;
-- best-of-n: InitNO's rounds without optimisation: the seed's noise and the restarts InitNO would draw,
-  each scored once (one UNet pass), the first valid one or else the best-scored kept; how much of the gain
-  is selection alone;
-- initno: InitNO's optimised noise;
-- ae: the seed's noise, with Attend-and-Excite's guidance during sampling;
-- initno+: InitNO's optimised noise, with InitNO+'s guidance during sampling (the official script's setup).
-The detector (`detect`) judges every image. Time is wall time per image, relative to plain sampling.
+- best-of-n: n candidates (the seed's noise and the restarts InitNO draws) scored once each, the best
+  kept, no optimisation; n defaults to the mean UNet passes of `fast` in the same run (equal cost);
+- fast: selection-first InitNO (`initno.selection`) with thresholds calibrated to the model
+  (`initno.calibration`, on training-pair prompts, never the evaluated ones);
+- initno: the official InitNO (`initno.optimize`), one image at a time;
+- ae: the seed's noise with Attend-and-Excite's guidance during sampling;
+- initno+ / fast+: InitNO's / fast's noise with InitNO+'s guidance during sampling.
+The detector (`detect`) judges every image. Seeds of one prompt share UNet calls (batches); an image's
+result does not depend on its neighbours. Each row has a Wilson 95 % interval, and each method is compared
+with plain and with best-of-n on the same (prompt, seed) pairs: exact McNemar test and a bootstrap over
+prompts. Time per image is the method's own work plus the sampling, as measured in this run.
 """
 
 from __future__ import annotations
@@ -20,20 +25,37 @@ import dataclasses
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .. import calibration
 from ..guidance import GuidanceSettings, ImageGuidance
 from ..optimize import Denoiser, ImageRequest, optimize_noise
 from ..params import InitNOParams
-from . import EVAL_METHODS, detect, world
-from .model import Miniature, to_pixels
+from ..selection import SelectionParams, SelectionRequest, Thresholds, select_and_polish
+from . import EVAL_METHODS, detect, stats, world
+from .model import Miniature, fused_attention, to_pixels
 from .sampling import GUIDANCE, STEPS, first_timestep, sample
 
 DEFAULT_SEEDS = range(0, 8)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Prompts and seeds: anything chosen is chosen on the study split, and claims are reported on the
+    confirm split, which nothing was chosen on. The held-out pairs split by their first subject's shape
+    (circle/triangle first: study; square/cross first: confirm), so every subject is in one pair of each."""
+
+    prompts: tuple[str, ...]
+    seeds: tuple[int, ...]
+
+
+STUDY = Split(tuple(world.evaluation_prompts()[0::2]), tuple(range(0, 32)))
+CONFIRM = Split(tuple(world.evaluation_prompts()[1::2]), tuple(range(10_000, 10_064)))
+SPLITS = {"study": STUDY, "confirm": CONFIRM}
 METHODS = EVAL_METHODS
 
 
@@ -41,20 +63,76 @@ def initial_noise(seed: int, shape: Sequence[int]) -> torch.Tensor:
     return torch.randn(tuple(shape), generator=torch.Generator().manual_seed(seed))
 
 
-def method_settings(method: str, params: InitNOParams) -> tuple[InitNOParams | None, GuidanceSettings | None]:
-    """What a method runs: InitNO's settings (None: the noise as drawn) and the sampling guidance (None:
-    plain sampling)."""
-    noise = {
-        "plain": None,
-        "best-of-n": params.replace(steps_per_round=1, fallback_steps=0),  # one scored pass per round, no update
-        "initno": params,
-        "ae": None,
-        "initno+": params,
-    }
-    if method not in noise:
-        raise ValueError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
-    guidance = GuidanceSettings(method) if method in ("ae", "initno+") else None
-    return noise[method], guidance
+GUIDED = {"ae": "ae", "initno+": "initno+", "fast+": "initno+"}
+"""Methods that guide the sampling, and with which guidance."""
+NOISE_OF = {"plain": "plain", "ae": "plain", "initno+": "initno", "fast+": "fast"}
+"""Methods whose initial noise is another method's."""
+CALIBRATION_PROMPTS = tuple(world.pair_caption(a, b) for a, b in world.TRAINING_PAIRS[::13][:8])
+"""Two-subject prompts of pairs the model was trained on: a calibration never sees the evaluated prompts."""
+DEFAULT_BEST_OF = 5
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Everything a run can change: InitNO's parameters, selection's, the calibration quantile, best-of-n's
+    n (None: equal passes to `fast` in the same run, else 5)."""
+
+    params: InitNOParams = field(default_factory=InitNOParams)
+    selection: SelectionParams = field(default_factory=SelectionParams)
+    quantile: float = calibration.QUANTILE
+    n: int | None = None
+
+    @classmethod
+    def from_assignments(cls, assignments: Sequence[str], n: int | None = None) -> EvalSettings:
+        """`NAME=VALUE` for any field of InitNOParams or SelectionParams, or `quantile`; validated."""
+        initno_names = {f.name for f in dataclasses.fields(InitNOParams)}
+        selection_names = {f.name for f in dataclasses.fields(SelectionParams)}
+        initno, selection, quantile = [], {}, calibration.QUANTILE
+        for assignment in assignments:
+            name, equals, text = assignment.partition("=")
+            name = name.strip()
+            if name in selection_names or name == "quantile":
+                try:
+                    value = float(text)
+                except ValueError:
+                    raise ValueError(f"parameter {name!r} must be a number, got {text.strip()!r}") from None
+                if name == "quantile":
+                    if not 0 < value < 1:
+                        raise ValueError(f"quantile must be between 0 and 1, got {value}")
+                    quantile = value
+                else:
+                    if value != int(value):
+                        raise ValueError(f"selection parameter {name!r} must be a whole number, got {value}")
+                    selection[name] = int(value)
+            elif equals and name in initno_names:
+                initno.append(assignment)
+            else:
+                names = ", ".join([*sorted(initno_names), *sorted(selection_names), "quantile"])
+                raise ValueError(f"{assignment!r}: expected NAME=VALUE with NAME one of {names}")
+        if n is not None and n < 1:
+            raise ValueError(f"--n must be at least 1, got {n}")
+        return cls(InitNOParams.from_assignments(initno), SelectionParams(**selection), quantile, n)
+
+    def changed(self) -> dict:
+        """What differs from the defaults, for the report."""
+        changes = {}
+        for current, default in ((self.params, InitNOParams()), (self.selection, SelectionParams())):
+            for spec in dataclasses.fields(current):
+                if getattr(current, spec.name) != getattr(default, spec.name):
+                    changes[spec.name] = getattr(current, spec.name)
+        if self.quantile != calibration.QUANTILE:
+            changes["quantile"] = self.quantile
+        if self.n is not None:
+            changes["n"] = self.n
+        return changes
+
+
+def check_methods(methods: Sequence[str]) -> None:
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method {unknown[0]!r}; methods: {', '.join(METHODS)}")
+    if not methods:
+        raise ValueError("no method to run")
 
 
 @dataclass
@@ -67,8 +145,32 @@ class Sample:
     seconds: float
     passes: int = 0
     rounds: int = 0
+    chosen: int | None = None
     valid_at_start: bool | None = None
     valid_at_end: bool | None = None
+
+
+@dataclass
+class _Noise:
+    """A method's initial noise for one image, and what to report about it."""
+
+    latent: torch.Tensor
+    key: tuple | None = None
+    """Same key, same noise: the image is sampled once (e.g. a candidate chosen by two methods)."""
+    passes: int = 0
+    rounds: int = 0
+    chosen: int | None = None
+    valid_at_start: bool | None = None
+    valid_at_end: bool | None = None
+
+
+@dataclass
+class _Prompt:
+    text: str
+    subjects: list
+    positions: list
+    cond: torch.Tensor
+    noises: list[torch.Tensor]
 
 
 @dataclass
@@ -102,56 +204,165 @@ class Miniworld:
         (result,) = optimize_noise(self.denoiser, [request], params, progress=progress)
         return result
 
+    def calibrate(self, q: float = calibration.QUANTILE) -> calibration.Calibration:
+        requests = []
+        for prompt in CALIBRATION_PROMPTS:
+            _, positions = self.subjects_of(prompt)
+            requests.append(SelectionRequest(torch.zeros(self.latent_shape), 0, self.model.encode([prompt]), positions))
+        return calibration.calibrate(self.denoiser, requests, "miniature", q=q)
+
     def guides(self, count: int, cond, positions, settings: GuidanceSettings | None) -> list[ImageGuidance] | None:
         if settings is None:
             return None
         plan = settings.plan(self.steps)
         return [ImageGuidance(self.denoiser, cond, positions, plan) for _ in range(count)]
 
-    def sample(self, latents: torch.Tensor, cond: torch.Tensor, guides=None) -> np.ndarray:
-        x0 = sample(
-            self.model.apply,
-            latents,
-            cond.expand(len(latents), -1, -1),
-            self.uncond,
-            steps=self.steps,
-            guidance=self.guidance,
-            guides=[g.guide for g in guides] if guides else None,
-        )
+    def sample(self, latents: torch.Tensor, cond: torch.Tensor, guides=None, batch: int = 64) -> np.ndarray:
+        """Images of `latents` (B, C, H, W) for one prompt; unguided in batches of `batch`."""
+        if guides is None and len(latents) > batch:
+            return np.concatenate([self.sample(latents[i : i + batch], cond) for i in range(0, len(latents), batch)])
+        with fused_attention(self.model.unet):
+            x0 = sample(
+                self.model.apply,
+                latents,
+                cond.expand(len(latents), -1, -1),
+                self.uncond,
+                steps=self.steps,
+                guidance=self.guidance,
+                guides=[g.guide for g in guides] if guides else None,
+            )
         return to_pixels(x0)
 
 
-def run_prompt(world_: Miniworld, prompt: str, seeds: Sequence[int], methods: Sequence[str], params: InitNOParams):
-    """Every method on every seed of one prompt."""
-    subjects, positions = world_.subjects_of(prompt)
-    cond = world_.model.encode([prompt])
-    noises = [initial_noise(seed, world_.latent_shape) for seed in seeds]
-    samples = []
-    for method in methods:
-        settings, guidance = method_settings(method, params)
+class Benchmark:
+    """One run: every method over every prompt and seed (method by method, seeds batched)."""
+
+    def __init__(self, model: Miniature, settings: EvalSettings, log=None):
+        self.world = Miniworld(model)
+        self.settings = settings
+        self.log = log or (lambda line: None)
+        self.thresholds: Thresholds | None = None
+        self.noises: dict[tuple[str, str], list[_Noise]] = {}
+        self.images: dict[tuple, np.ndarray] = {}
+        self.sampling_seconds: list[float] = []
+        self.passes: dict[str, list[int]] = {}
+
+    def run(self, prompts: Sequence[str], seeds: Sequence[int], methods: Sequence[str]) -> list[Sample]:
+        check_methods(methods)
+        if any(m in ("fast", "fast+", "best-of-n") for m in methods):
+            began = time.perf_counter()
+            self.thresholds = self.world.calibrate(self.settings.quantile).thresholds
+            self.log(f"calibration: {self.thresholds} ({time.perf_counter() - began:.1f} s)")
+        contexts = [self._prompt(p, seeds) for p in prompts]
+        samples = []
+        for method in sorted(methods, key=lambda m: m == "best-of-n"):  # best-of-n matches fast's passes
+            began = time.perf_counter()
+            for context in contexts:
+                samples += self._method(method, context, seeds)
+            self.log(f"{method}: {time.perf_counter() - began:.1f} s")
+        order = {m: i for i, m in enumerate(methods)}
+        return sorted(samples, key=lambda s: order[s.method])
+
+    def _prompt(self, prompt: str, seeds: Sequence[int]) -> _Prompt:
+        subjects, positions = self.world.subjects_of(prompt)
+        noises = [initial_noise(seed, self.world.latent_shape) for seed in seeds]
+        return _Prompt(prompt, subjects, positions, self.world.model.encode([prompt]), noises)
+
+    def best_of(self) -> int:
+        if self.settings.n is not None:
+            return self.settings.n
+        if self.passes.get("fast"):
+            return max(1, round(float(np.mean(self.passes["fast"]))))
+        return DEFAULT_BEST_OF
+
+    def _method(self, method: str, context: _Prompt, seeds: Sequence[int]) -> list[Sample]:
         began = time.perf_counter()
-        latents, results = [], []
-        for seed, noise in zip(seeds, noises):
-            if settings is None:
-                latents.append(noise)
-                results.append(None)
-                continue
-            result = world_.optimise(noise, seed, cond, positions, settings)
-            latents.append(result.latent.reshape(noise.shape))
-            results.append(result)
-        guides = world_.guides(len(seeds), cond, positions, guidance)
-        images = world_.sample(torch.stack(latents), cond, guides)
-        seconds = (time.perf_counter() - began) / len(seeds)
-        for index, (seed, image, result) in enumerate(zip(seeds, images, results)):
-            item = Sample(prompt, seed, method, image, detect.detect(image, subjects), seconds)
-            if result is not None:
-                item.passes, item.rounds = result.steps, result.rounds
-                item.valid_at_start = result.trace[0].scores.is_valid(params.cross_threshold, params.conflict_threshold)
-                item.valid_at_end = result.valid
-            if guides:
+        noises = self._noises(NOISE_OF.get(method, method), context, seeds)
+        noise_seconds = (time.perf_counter() - began) / len(seeds)
+        guidance = GuidanceSettings(GUIDED[method]) if method in GUIDED else None
+        if guidance is None:
+            images = self._unguided(context, noises)
+            image_seconds = [noise_seconds + float(np.mean(self.sampling_seconds))] * len(seeds)
+        else:
+            began = time.perf_counter()
+            guides = self.world.guides(len(seeds), context.cond, context.positions, guidance)
+            images = self.world.sample(torch.stack([n.latent for n in noises]), context.cond, guides)
+            image_seconds = [noise_seconds + (time.perf_counter() - began) / len(seeds)] * len(seeds)
+        samples = []
+        for index, (seed, noise, image) in enumerate(zip(seeds, noises, images)):
+            item = Sample(
+                context.text, seed, method, image, detect.detect(image, context.subjects), image_seconds[index]
+            )
+            item.passes, item.rounds, item.chosen = noise.passes, noise.rounds, noise.chosen
+            item.valid_at_start, item.valid_at_end = noise.valid_at_start, noise.valid_at_end
+            if guidance is not None:
                 item.passes += guides[index].trace.passes
             samples.append(item)
-    return samples
+        self.passes.setdefault(method, []).extend(s.passes for s in samples)
+        return samples
+
+    def _unguided(self, context: _Prompt, noises: list[_Noise]) -> list[np.ndarray]:
+        missing = [n for n in noises if n.key is None or n.key not in self.images]
+        unique = list({id(n) if n.key is None else n.key: n for n in missing}.values())
+        if unique:
+            began = time.perf_counter()
+            images = self.world.sample(torch.stack([n.latent for n in unique]), context.cond)
+            self.sampling_seconds.append((time.perf_counter() - began) / len(unique))
+            fresh = {id(n): image for n, image in zip(unique, images)}
+            for n, image in zip(unique, images):
+                if n.key is not None:
+                    self.images[n.key] = image
+        return [self.images[n.key] if n.key is not None else fresh[id(n)] for n in noises]
+
+    def _noises(self, method: str, context: _Prompt, seeds: Sequence[int]) -> list[_Noise]:
+        cached = self.noises.get((method, context.text))
+        if cached is not None:
+            return cached
+        if method == "plain":
+            noises = [_Noise(n, key=(context.text, s, 0)) for s, n in zip(seeds, context.noises)]
+        elif method in ("fast", "best-of-n"):
+            selection = self.settings.selection
+            if method == "best-of-n":
+                selection = SelectionParams(candidates=self.best_of(), polish_steps=0)
+            requests = [SelectionRequest(n, s, context.cond, context.positions) for s, n in zip(seeds, context.noises)]
+            results = select_and_polish(self.world.denoiser, requests, selection, self.thresholds,
+                                        self.settings.params, batch_size=32)  # fmt: skip
+            noises = [
+                _Noise(
+                    r.latent,
+                    key=(context.text, s, r.chosen) if r.polish_steps == 0 else None,
+                    passes=r.passes,
+                    rounds=1,
+                    chosen=r.chosen,
+                    valid_at_start=self.thresholds.reached(r.candidates[0].cross, r.candidates[0].conflict),
+                    valid_at_end=r.reached,
+                )
+                for s, r in zip(seeds, results)
+            ]
+        elif method == "initno":
+            params = self.settings.params
+            noises = []
+            for seed, noise in zip(seeds, context.noises):
+                result = self.world.optimise(noise, seed, context.cond, context.positions, params)
+                start = result.trace[0].scores.is_valid(params.cross_threshold, params.conflict_threshold)
+                latent = result.latent.reshape(noise.shape)
+                noises.append(_Noise(latent, None, result.steps, result.rounds, None, start, result.valid))
+        else:
+            raise ValueError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
+        self.noises[(method, context.text)] = noises
+        return noises
+
+
+def evaluate(
+    model: Miniature,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    methods: Sequence[str] = ("plain", "best-of-n", "fast"),
+    settings: EvalSettings | None = None,
+    *,
+    log=None,
+) -> list[Sample]:
+    return Benchmark(model, settings or EvalSettings(), log).run(prompts, seeds, methods)
 
 
 def _mean(values) -> float | None:
@@ -159,47 +370,80 @@ def _mean(values) -> float | None:
     return round(sum(values) / len(values), 4) if values else None
 
 
-def summarise(samples: Sequence[Sample], methods: Sequence[str]) -> list[dict]:
-    plain_seconds = _mean(s.seconds for s in samples if s.method == "plain")
+def _paired(mine: list[Sample], other: list[Sample]) -> dict | None:
+    if not other or mine[0].method == other[0].method:
+        return None
+    by_key = {(s.prompt, s.seed): s.detection.all_present for s in other}
+    pairs = [
+        (s.detection.all_present, by_key[(s.prompt, s.seed)], s.prompt) for s in mine if (s.prompt, s.seed) in by_key
+    ]
+    a, b, prompts = zip(*pairs)
+    wins, losses, p = stats.mcnemar_exact(a, b)
+    difference, low, high = stats.bootstrap_difference(a, b, prompts)
+    return {"difference": round(difference, 4), "interval": [round(low, 4), round(high, 4)], "wins": wins,
+            "losses": losses, "p": p}  # fmt: skip
+
+
+def summarise(samples: Sequence[Sample], methods: Sequence[str], best_of: int | None = None) -> list[dict]:
+    by_method = {m: [s for s in samples if s.method == m] for m in methods}
     rows = []
     for method in methods:
-        mine = [s for s in samples if s.method == method]
+        mine = by_method[method]
+        hits = sum(bool(s.detection.all_present) for s in mine)
+        low, high = stats.wilson(hits, len(mine))
         seconds = _mean(s.seconds for s in mine)
+        plain_seconds = _mean(s.seconds for s in by_method.get("plain", [])) or None
         rows.append(
             {
-                "method": method,
+                "method": method if method != "best-of-n" or best_of is None else f"best-of-{best_of}",
                 "images": len(mine),
                 "all_present": _mean(s.detection.all_present for s in mine),
+                "interval": [round(low, 4), round(high, 4)],
                 "subject_present": _mean(p for s in mine for p in s.detection.present),
                 "fused": _mean(s.detection.fused for s in mine),
                 "valid_at_start": _mean(s.valid_at_start for s in mine),
                 "valid_at_end": _mean(s.valid_at_end for s in mine),
-                "rounds": _mean(s.rounds for s in mine) if method not in ("plain", "ae") else None,
                 "passes": _mean(s.passes for s in mine),
                 "seconds": seconds,
                 "time_ratio": round(seconds / plain_seconds, 2) if plain_seconds and seconds else None,
+                "vs_plain": _paired(mine, by_method.get("plain", [])),
+                "vs_best_of_n": _paired(mine, by_method.get("best-of-n", [])),
             }
         )
     return rows
 
 
+def _share(row: dict) -> str:
+    low, high = row["interval"]
+    return f"{row['all_present']:.1%} [{low:.1%}, {high:.1%}]"
+
+
+def _versus(comparison: dict | None) -> str:
+    if comparison is None:
+        return "–"
+    low, high = comparison["interval"]
+    p = comparison["p"]
+    return (f"{comparison['difference'] * 100:+.1f} [{low * 100:+.1f}, {high * 100:+.1f}] "
+            f"{comparison['wins']}/{comparison['losses']} p={p:.2g}")  # fmt: skip
+
+
 COLUMNS = (
-    ("method", "method", "{}"),
-    ("all_present", "all present", "{:.1%}"),
-    ("subject_present", "per subject", "{:.1%}"),
-    ("fused", "fused", "{:.1%}"),
-    ("valid_at_start", "valid at start", "{:.1%}"),
-    ("valid_at_end", "valid at end", "{:.1%}"),
-    ("rounds", "rounds", "{:.2f}"),
-    ("passes", "UNet passes", "{:.1f}"),
-    ("time_ratio", "time ×", "{:.2f}"),
+    ("method", "method", lambda row: row["method"]),
+    ("all_present", "all present [95 % CI]", _share),
+    ("subject_present", "per subject", lambda row: f"{row['subject_present']:.1%}"),
+    ("fused", "fused", lambda row: f"{row['fused']:.1%}"),
+    ("valid_at_end", "thresholds reached", lambda row: f"{row['valid_at_end']:.1%}"),
+    ("passes", "UNet passes", lambda row: f"{row['passes']:.1f}"),
+    ("seconds", "s/image", lambda row: f"{row['seconds']:.2f}"),
+    ("vs_plain", "vs plain: points [CI] won/lost p", lambda row: _versus(row["vs_plain"])),
+    ("vs_best_of_n", "vs best-of-n", lambda row: _versus(row["vs_best_of_n"])),
 )
 
 
 def format_table(rows: Sequence[dict]) -> str:
     cells = [[label for _, label, _ in COLUMNS]]
     for row in rows:
-        cells.append(["–" if row[key] is None else fmt.format(row[key]) for key, _, fmt in COLUMNS])
+        cells.append(["–" if row[key] is None else fmt(row) for key, _, fmt in COLUMNS])
     widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
     lines = ["| " + " | ".join(text.ljust(w) for text, w in zip(line, widths)) + " |" for line in cells]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
@@ -239,26 +483,6 @@ def comparison_grid(samples: Sequence[Sample], methods: Sequence[str], columns: 
     return canvas
 
 
-def evaluate(
-    model: Miniature,
-    prompts: Sequence[str],
-    seeds: Sequence[int],
-    methods: Sequence[str] = METHODS,
-    params: InitNOParams | None = None,
-    *,
-    log=None,
-) -> list[Sample]:
-    params = params or InitNOParams()
-    world_ = Miniworld(model)
-    samples = []
-    for index, prompt in enumerate(prompts):
-        began = time.perf_counter()
-        samples += run_prompt(world_, prompt, seeds, methods, params)
-        if log:
-            log(f"[{index + 1}/{len(prompts)}] {prompt}: {time.perf_counter() - began:.1f} s")
-    return samples
-
-
 def parse_seeds(text: str) -> list[int]:
     """ "0-7" or "1,5,9" (or a mix: "0-3,10")."""
     seeds = []
@@ -287,18 +511,10 @@ def read_prompts(path: str | None) -> list[str]:
     return prompts
 
 
-def report(
-    samples: Sequence[Sample], methods: Sequence[str], prompts: int, seeds: int, params: InitNOParams | None = None
-) -> dict:
-    """The table's rows, the InitNO parameters that differ from the official defaults, and every image's
-    verdict (to find a case, or to compare two runs)."""
-    params = params or InitNOParams()
-    defaults = InitNOParams()
-    changed = {
-        spec.name: getattr(params, spec.name)
-        for spec in dataclasses.fields(params)
-        if getattr(params, spec.name) != getattr(defaults, spec.name)
-    }
+def report(samples: Sequence[Sample], methods: Sequence[str], prompts: int, seeds: int, settings: EvalSettings,
+           thresholds: Thresholds | None = None, best_of: int | None = None) -> dict:  # fmt: skip
+    """The table's rows, the settings that differ from the defaults, the calibrated thresholds, and every
+    image's verdict (to find a case, or to compare two runs)."""
     images = [
         {
             "prompt": s.prompt,
@@ -309,14 +525,17 @@ def report(
             "valid_at_start": s.valid_at_start,
             "valid_at_end": s.valid_at_end,
             "passes": s.passes,
+            "chosen": s.chosen,
         }
         for s in samples
     ]
     return {
         "prompts": prompts,
         "seeds": seeds,
-        "changed_params": changed,
-        "rows": summarise(samples, methods),
+        "changed_params": settings.changed(),
+        "thresholds": dataclasses.asdict(thresholds) if thresholds else None,
+        "best_of": best_of,
+        "rows": summarise(samples, methods, best_of),
         "images": images,
     }
 

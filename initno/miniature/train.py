@@ -17,26 +17,12 @@ import hashlib
 import json
 import math
 import time
-import types
 from pathlib import Path
 
 from . import WEIGHTS
 
 CAPTION_DROPOUT = 0.1
 WARMUP_STEPS = 100
-
-
-def _fused_attention(module, x, context=None, mask=None):
-    import torch.nn.functional as F
-
-    """ldm's CrossAttention, computed by the fused kernel: the same function, faster to train (the WebUI
-    swaps in such a forward too); the module and its weights are ldm's own."""
-    heads, source = module.heads, x if context is None else context
-    q, k, v = (
-        t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in (module.to_q(x), module.to_k(source), module.to_v(source))
-    )
-    out = F.scaled_dot_product_attention(q, k, v, scale=module.scale)
-    return module.to_out(out.transpose(1, 2).flatten(2))
 
 
 def _learning_rate(step: int, steps: int, peak: float) -> float:
@@ -55,7 +41,7 @@ def train(args) -> int:
     import torch.nn.functional as F
 
     from . import world
-    from .model import Miniature, alphas_cumprod, to_model_space
+    from .model import Miniature, alphas_cumprod, to_model_space, use_fused_attention
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -63,9 +49,7 @@ def train(args) -> int:
     trained = [*model.unet.parameters(), *model.text_encoder.parameters()]
     average = Miniature.build(seed=args.seed)  # the EMA copy, what ships
     average.eval()
-    for module in model.unet.modules():
-        if hasattr(module, "to_q") and hasattr(module, "heads"):
-            module.forward = types.MethodType(_fused_attention, module)
+    use_fused_attention(model.unet)
     optimizer = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.0)
     schedule = alphas_cumprod().float()
     generator = torch.Generator().manual_seed(args.seed)

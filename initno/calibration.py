@@ -1,0 +1,117 @@
+"""Thresholds calibrated to the loaded model: where its own scores of random noises lie.
+
+The official thresholds (response loss < 0.2, conflict < 0.3) encode SD1.4's attention statistics; other
+families, fine-tunes and the miniature have others, and there the official valid region is never reached.
+A calibration scores random noises for a few fixed two-subject prompts (forward passes only, batched) and
+sets each threshold at a quantile of its scores: "as good as the best quarter of random noises" means the
+same on every model. It is cached per model (`CalibrationCache`), so it is paid once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .attention import AttentionCapture
+from .optimize import Denoiser, frozen_parameters
+from .selection import BatchScorer, NoiseScores, SelectionRequest, Thresholds
+
+QUANTILE = 0.25
+"""Each threshold is this quantile of the model's scores of random noises."""
+NOISES_PER_PROMPT = 8
+CALIBRATION_SEED = 0
+VERSION = 1
+"""Bump when the procedure changes, so that cached calibrations are made anew."""
+
+
+@dataclass(frozen=True)
+class Calibration:
+    key: str
+    cross: float
+    conflict: float
+    quantile: float
+    samples: int
+    version: int = VERSION
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return Thresholds(self.cross, self.conflict, f"calibrated (q{self.quantile:g} of {self.samples} noises)")
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """The q-quantile with linear interpolation (numpy's default), in plain Python."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("no values to take a quantile of")
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def calibrate(
+    denoiser: Denoiser,
+    prompts: Sequence[SelectionRequest],
+    key: str,
+    *,
+    noises_per_prompt: int = NOISES_PER_PROMPT,
+    q: float = QUANTILE,
+    batch_size: int = 8,
+) -> Calibration:
+    """Scores `noises_per_prompt` random noises (shaped like each request's noise; fixed seed) for each
+    prompt and takes the q-quantile of the response losses and of the (ungated) conflicts."""
+    if not prompts:
+        raise ValueError("calibration needs at least one prompt")
+    if any(len(p.subjects) < 2 for p in prompts):
+        raise ValueError("calibration prompts need two subjects or more (the conflict score compares subjects)")
+    generator = torch.Generator(device="cpu").manual_seed(CALIBRATION_SEED)
+    jobs = [(p, torch.randn(p.noise.shape, generator=generator)) for p in prompts for _ in range(noises_per_prompt)]
+    capture = AttentionCapture(
+        denoiser.unet, downsample=denoiser.downsample, context_transform=denoiser.context_transform
+    )
+    scorer = BatchScorer(denoiser, capture)
+    scores: list[NoiseScores] = []
+    with frozen_parameters(denoiser.unet), capture, torch.no_grad():
+        for first in range(0, len(jobs), batch_size):
+            chunk = jobs[first : first + batch_size]
+            device = chunk[0][0].noise.device
+            latents = torch.stack([noise.to(device=device, dtype=p.noise.dtype) for p, noise in chunk])
+            evaluations = scorer(
+                latents, [p.cond for p, _ in chunk], [p.subjects for p, _ in chunk],
+                [p.softmax_positions for p, _ in chunk],
+            )  # fmt: skip
+            scores += [NoiseScores.of(e) for e in evaluations]
+    return Calibration(
+        key=key,
+        cross=quantile([s.cross for s in scores], q),
+        conflict=quantile([s.conflict for s in scores], q),
+        quantile=q,
+        samples=len(scores),
+    )
+
+
+class CalibrationCache:
+    """Calibrations by key (model hash, grid, procedure), in memory and, given a path, in a JSON file."""
+
+    def __init__(self, path: Path | str | None = None):
+        self.path = Path(path) if path is not None else None
+        self.entries: dict[str, Calibration] = {}
+        if self.path is not None and self.path.is_file():
+            try:
+                stored = json.loads(self.path.read_text())
+                self.entries = {k: Calibration(**v) for k, v in stored.items() if v.get("version") == VERSION}
+            except (ValueError, TypeError):
+                self.entries = {}  # a damaged cache is only a cache: calibrate again
+
+    def get(self, key: str) -> Calibration | None:
+        return self.entries.get(key)
+
+    def put(self, calibration: Calibration) -> None:
+        self.entries[calibration.key] = calibration
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps({k: asdict(v) for k, v in self.entries.items()}, indent=1))
