@@ -78,6 +78,7 @@ def _study(args) -> int:
         study.write(output, records)
     print(f"study split: {len({r['prompt'] for r in records})} prompts × {len({r['seed'] for r in records})} seeds")
     print(study.table(records))
+    print(study.lookahead_table(records))
     return 0
 
 

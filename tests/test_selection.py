@@ -172,3 +172,26 @@ def test_the_cache_keeps_calibrations_per_key_and_drops_other_versions(tmp_path)
     assert CalibrationCache(path).get("model-a") is None
     path.write_text("not json")
     assert CalibrationCache(path).get("model-a") is None
+
+
+def test_lookahead_chooses_by_the_attention_ahead_and_returns_the_initial_noise(denoiser, cat_and_dog):
+    calls = []
+
+    def advance(latents, conds, steps):
+        calls.append((latents.clone(), steps))
+        return latents * 0.5, 601  # a stand-in sampler: some steps ahead, at timestep 601
+
+    (result,) = selection.select_by_lookahead(
+        denoiser, advance, [_request(cat_and_dog, seed=2)], selection.LookaheadParams(candidates=3, steps=4)
+    )
+    candidates = candidate_noises(_noise(2), 2, 3)
+    assert len(calls) == 1 and calls[0][1] == 4 and torch.equal(calls[0][0], candidates)
+    ranks = [s.cross + s.conflict for s in result.candidates]
+    assert result.chosen == min(range(3), key=lambda j: ranks[j])
+    assert torch.equal(result.latent, candidates[result.chosen])  # the noise the sampler starts from
+    assert result.passes == 3 * (4 * 2 + 1)
+    # Scored where the sampler would be: the advanced latents at its timestep, not the noises at 981.
+    at_601 = Denoiser(denoiser.unet, denoiser.apply, 601)
+    request = SelectionRequest(candidates[0] * 0.5, 2, cat_and_dog, [[2], [5]])
+    (ahead,) = select_and_polish(at_601, [request], SelectionParams(1, 0))
+    assert result.candidates[0].cross == pytest.approx(ahead.candidates[0].cross, abs=1e-5)

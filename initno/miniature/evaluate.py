@@ -7,7 +7,9 @@ nouns, as Attend-and-Excite's prompts name them). For each prompt and seed the s
 (`torch.randn` of a CPU generator seeded with the seed) goes to every method:
 - plain: as it is;
 - best-of-n: n candidates (the seed's noise and the restarts InitNO draws) scored once each, the best
-  kept, no optimisation; n defaults to the mean UNet passes of `fast` in the same run (equal cost);
+  kept, no optimisation; n defaults to the mean UNet passes of `lookahead` or else `fast` in the same run
+  (equal passes);
+- lookahead: the candidate whose attention is best after a few sampling steps (`select_by_lookahead`);
 - fast: selection-first InitNO (`initno.selection`) with thresholds calibrated to the model
   (`initno.calibration`, on training-pair prompts, never the evaluated ones);
 - initno: the official InitNO (`initno.optimize`), one image at a time;
@@ -35,10 +37,17 @@ from .. import calibration
 from ..guidance import GuidanceSettings, ImageGuidance
 from ..optimize import Denoiser, ImageRequest, optimize_noise
 from ..params import InitNOParams
-from ..selection import SelectionParams, SelectionRequest, Thresholds, select_and_polish
+from ..selection import (
+    LookaheadParams,
+    SelectionParams,
+    SelectionRequest,
+    Thresholds,
+    select_and_polish,
+    select_by_lookahead,
+)
 from . import EVAL_METHODS, detect, stats, world
 from .model import Miniature, fused_attention, to_pixels
-from .sampling import GUIDANCE, STEPS, first_timestep, sample
+from .sampling import GUIDANCE, STEPS, ddim_timesteps, first_timestep, sample
 
 DEFAULT_SEEDS = range(0, 8)
 
@@ -75,23 +84,30 @@ DEFAULT_BEST_OF = 5
 @dataclass(frozen=True)
 class EvalSettings:
     """Everything a run can change: InitNO's parameters, selection's, the calibration quantile, best-of-n's
-    n (None: equal passes to `fast` in the same run, else 5)."""
+    n (None: equal passes to `lookahead` or `fast` in the same run, else 5), the lookahead's."""
 
     params: InitNOParams = field(default_factory=InitNOParams)
     selection: SelectionParams = field(default_factory=SelectionParams)
     quantile: float = calibration.QUANTILE
     n: int | None = None
+    lookahead: LookaheadParams = field(default_factory=LookaheadParams)
 
     @classmethod
     def from_assignments(cls, assignments: Sequence[str], n: int | None = None) -> EvalSettings:
         """`NAME=VALUE` for any field of InitNOParams or SelectionParams, or `quantile`; validated."""
         initno_names = {f.name for f in dataclasses.fields(InitNOParams)}
         selection_names = {f.name for f in dataclasses.fields(SelectionParams)}
-        initno, selection, quantile = [], {}, calibration.QUANTILE
+        lookahead_names = {f"lookahead_{f.name}" for f in dataclasses.fields(LookaheadParams)}
+        initno, selection, lookahead, quantile = [], {}, {}, calibration.QUANTILE
         for assignment in assignments:
             name, equals, text = assignment.partition("=")
             name = name.strip()
-            if name in selection_names or name == "quantile":
+            if name in lookahead_names:
+                try:
+                    lookahead[name.removeprefix("lookahead_")] = int(text)
+                except ValueError:
+                    raise ValueError(f"parameter {name!r} must be a whole number, got {text.strip()!r}") from None
+            elif name in selection_names or name == "quantile":
                 try:
                     value = float(text)
                 except ValueError:
@@ -107,11 +123,19 @@ class EvalSettings:
             elif equals and name in initno_names:
                 initno.append(assignment)
             else:
-                names = ", ".join([*sorted(initno_names), *sorted(selection_names), "quantile"])
+                names = ", ".join(
+                    [*sorted(initno_names), *sorted(selection_names), *sorted(lookahead_names), "quantile"]
+                )
                 raise ValueError(f"{assignment!r}: expected NAME=VALUE with NAME one of {names}")
         if n is not None and n < 1:
             raise ValueError(f"--n must be at least 1, got {n}")
-        return cls(InitNOParams.from_assignments(initno), SelectionParams(**selection), quantile, n)
+        return cls(
+            InitNOParams.from_assignments(initno),
+            SelectionParams(**selection),
+            quantile,
+            n,
+            LookaheadParams(**lookahead),
+        )
 
     def changed(self) -> dict:
         """What differs from the defaults, for the report."""
@@ -120,6 +144,9 @@ class EvalSettings:
             for spec in dataclasses.fields(current):
                 if getattr(current, spec.name) != getattr(default, spec.name):
                     changes[spec.name] = getattr(current, spec.name)
+        for spec in dataclasses.fields(self.lookahead):
+            if getattr(self.lookahead, spec.name) != getattr(LookaheadParams(), spec.name):
+                changes[f"lookahead_{spec.name}"] = getattr(self.lookahead, spec.name)
         if self.quantile != calibration.QUANTILE:
             changes["quantile"] = self.quantile
         if self.n is not None:
@@ -217,9 +244,17 @@ class Miniworld:
         plan = settings.plan(self.steps)
         return [ImageGuidance(self.denoiser, cond, positions, plan) for _ in range(count)]
 
-    def sample(self, latents: torch.Tensor, cond: torch.Tensor, guides=None, batch: int = 64) -> np.ndarray:
+    def advance(self, latents: torch.Tensor, conds, steps: int) -> tuple[torch.Tensor, int]:
+        """The sampler's first `steps` steps (with guidance), for `select_by_lookahead`."""
+        cond = torch.cat([c.expand(1, *c.shape[1:]) for c in conds])
+        with fused_attention(self.model.unet):
+            ahead = sample(self.model.apply, latents, cond, self.uncond, steps=self.steps, guidance=self.guidance,
+                           until=steps)  # fmt: skip
+        return ahead, ddim_timesteps(self.steps)[steps]
+
+    def sample(self, latents: torch.Tensor, cond: torch.Tensor, guides=None, batch: int = 64, observe=None):
         """Images of `latents` (B, C, H, W) for one prompt; unguided in batches of `batch`."""
-        if guides is None and len(latents) > batch:
+        if guides is None and observe is None and len(latents) > batch:
             return np.concatenate([self.sample(latents[i : i + batch], cond) for i in range(0, len(latents), batch)])
         with fused_attention(self.model.unet):
             x0 = sample(
@@ -230,6 +265,7 @@ class Miniworld:
                 steps=self.steps,
                 guidance=self.guidance,
                 guides=[g.guide for g in guides] if guides else None,
+                observe=observe,
             )
         return to_pixels(x0)
 
@@ -271,8 +307,9 @@ class Benchmark:
     def best_of(self) -> int:
         if self.settings.n is not None:
             return self.settings.n
-        if self.passes.get("fast"):
-            return max(1, round(float(np.mean(self.passes["fast"]))))
+        for method in ("lookahead", "fast"):  # equal passes to the selection method of the run
+            if self.passes.get(method):
+                return max(1, round(float(np.mean(self.passes[method]))))
         return DEFAULT_BEST_OF
 
     def _method(self, method: str, context: _Prompt, seeds: Sequence[int]) -> list[Sample]:
@@ -337,6 +374,13 @@ class Benchmark:
                     valid_at_start=self.thresholds.reached(r.candidates[0].cross, r.candidates[0].conflict),
                     valid_at_end=r.reached,
                 )
+                for s, r in zip(seeds, results)
+            ]
+        elif method == "lookahead":
+            requests = [SelectionRequest(n, s, context.cond, context.positions) for s, n in zip(seeds, context.noises)]
+            results = select_by_lookahead(self.world.denoiser, self.world.advance, requests, self.settings.lookahead)
+            noises = [
+                _Noise(r.latent, key=(context.text, s, r.chosen), passes=r.passes, rounds=1, chosen=r.chosen)
                 for s, r in zip(seeds, results)
             ]
         elif method == "initno":

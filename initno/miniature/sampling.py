@@ -34,18 +34,26 @@ def sample(
     steps: int = STEPS,
     guidance: float = GUIDANCE,
     guides: Sequence[Callable[[int, torch.Tensor, float], torch.Tensor] | None] | None = None,
+    observe: Callable[[int, torch.Tensor, int], None] | None = None,
+    until: int | None = None,
 ) -> torch.Tensor:
     """x_0 from the initial noise (B, C, H, W); `cond` (B, T, D), `uncond` (1 or B, T, D). Each image is
     computed independently of its batch neighbours (up to float rounding).
 
     `guides` (one per image, or None): `guide(step, z, timestep)` returns image's latent moved at the start
-    of a step (attention guidance, `initno.guidance.ImageGuidance.guide`); DDIM's x is z_t itself."""
+    of a step (attention guidance, `initno.guidance.ImageGuidance.guide`); DDIM's x is z_t itself.
+    `observe(step, x, timestep)` sees the whole batch at the start of each step (the study's lookahead).
+    With `until`, returns z_t before step `until` instead (at `ddim_timesteps(steps)[until]`)."""
     schedule = alphas_cumprod()
     timesteps = ddim_timesteps(steps)
     x = noise.double()
     uncond = uncond.expand(cond.shape[0], -1, -1)
     context = torch.cat([uncond, cond])
     for index, t in enumerate(timesteps):
+        if index == until:
+            break
+        if observe is not None:
+            observe(index, x.float(), t)
         for image, guide in enumerate(guides or ()):
             if guide is not None:
                 x[image] = guide(index, x[image : image + 1].float(), t)[0].double()

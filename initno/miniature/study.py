@@ -2,13 +2,16 @@
 `python -m initno study`.
 
 For each prompt and seed it draws the candidates selection-first InitNO would score (the seed's noise and
-its restarts), scores each once at two attention grids (1/4 of the input, as the method reads SD1; 1/2)
-and samples every candidate plainly, so that any selection rule can then be replayed offline: choosing
-candidate j of N costs no new image. Run it on the study split only.
+its restarts), scores each at two attention grids (1/4 of the input, as the method reads SD1; 1/2) and
+samples every candidate plainly, so that any selection rule can then be replayed offline: choosing
+candidate j of N costs no new image. Besides the first pass (InitNO's scores, on the noise itself) it also
+scores each candidate's latent after a few of its own sampling steps (`LOOKAHEAD`): how much better the
+attention predicts the image once the layout has begun to form. Run it on the study split only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +27,8 @@ from . import detect
 from .evaluate import Miniworld, initial_noise
 
 GRIDS = {"quarter": 4, "half": 2}
+LOOKAHEAD = (2, 4, 7, 10)
+"""Sampling steps (of 50) after which the candidates are scored again."""
 
 
 def collect(world_: Miniworld, prompts: Sequence[str], seeds: Sequence[int], candidates: int, log=None) -> list[dict]:
@@ -36,7 +41,14 @@ def collect(world_: Miniworld, prompts: Sequence[str], seeds: Sequence[int], can
             [candidate_noises(initial_noise(seed, world_.latent_shape), seed, candidates) for seed in seeds]
         )
         features = {name: _scores(world_, noises, cond, positions, downsample) for name, downsample in GRIDS.items()}
-        images = world_.sample(noises, cond)
+        later: dict[str, list[NoiseScores]] = {}
+
+        def observe(step, x, timestep, cond=cond, positions=positions, later=later):
+            if step in LOOKAHEAD:
+                for name, downsample in GRIDS.items():
+                    later[f"step{step}_{name}"] = _scores(world_, x, cond, positions, downsample, timestep)
+
+        images = world_.sample(noises, cond, observe=observe)
         for n, image in enumerate(images):
             detection = detect.detect(image, subjects)
             records.append(
@@ -52,6 +64,7 @@ def collect(world_: Miniworld, prompts: Sequence[str], seeds: Sequence[int], can
                         for grid, scores in features.items()
                         for key in ("cross", "conflict", "clean")
                     },
+                    **{name: list(dataclasses.astuple(scores[n])) for name, scores in later.items()},
                 }
             )
         if log:
@@ -59,8 +72,9 @@ def collect(world_: Miniworld, prompts: Sequence[str], seeds: Sequence[int], can
     return records
 
 
-def _scores(world_: Miniworld, noises, cond, positions, downsample: int, batch: int = 32) -> list[NoiseScores]:
-    denoiser = Denoiser(world_.denoiser.unet, world_.denoiser.apply, world_.denoiser.timestep, downsample=downsample)
+def _scores(world_: Miniworld, noises, cond, positions, downsample: int, timestep=None, batch=32) -> list[NoiseScores]:
+    timestep = world_.denoiser.timestep if timestep is None else timestep
+    denoiser = Denoiser(world_.denoiser.unet, world_.denoiser.apply, timestep, downsample=downsample)
     capture = AttentionCapture(denoiser.unet, downsample=downsample)
     scorer = BatchScorer(denoiser, capture)
     scores = []
@@ -119,6 +133,39 @@ def table(records: list[dict], counts: Sequence[int] = (1, 2, 4, 8, 16)) -> str:
             values = [replay(records, rule, c) for c in counts]
             lines.append(f"| {name} | {grid} | " + " | ".join(f"{v:.1%}" for v in values) + " |")
     return "\n".join(lines)
+
+
+def lookahead_table(records: list[dict], counts: Sequence[int] = (1, 2, 4, 8)) -> str:
+    """Selection by the scores after k sampling steps (cross + conflict), and each score's AUC."""
+    counts = [c for c in counts if c <= 1 + max(r["candidate"] for r in records)]
+    outcome = np.asarray([r["all_present"] for r in records])
+    lines = ["| scored after | grid | AUC cross | AUC conflict | " + " | ".join(f"N={c}" for c in counts) + " |",
+             "|---|---|---|---|" + "---|" * len(counts)]  # fmt: skip
+    for step in (0, *LOOKAHEAD):
+        for grid in GRIDS:
+            if step == 0:
+                values = [(r[f"{grid}_cross"], r[f"{grid}_conflict"]) for r in records]
+            elif f"step{step}_{grid}" in records[0]:
+                values = [tuple(r[f"step{step}_{grid}"][:2]) for r in records]
+            else:
+                continue
+            for record, value in zip(records, values):
+                record["_rank"] = sum(value)
+            aucs = [auc(np.asarray([v[i] for v in values]), outcome) for i in (0, 1)]
+            shares = [replay(records, lambda r: r["_rank"], c) for c in counts]
+            lines.append(f"| {step} steps | {grid} | {aucs[0]:.3f} | {aucs[1]:.3f} | "
+                         + " | ".join(f"{v:.1%}" for v in shares) + " |")  # fmt: skip
+    for record in records:
+        record.pop("_rank", None)
+    return "\n".join(lines)
+
+
+def auc(scores: np.ndarray, success: np.ndarray) -> float:
+    """Probability that a successful noise scores lower (better) than a failed one (ties count half)."""
+    good, bad = scores[success], scores[~success]
+    if not len(good) or not len(bad):
+        return float("nan")
+    return float((good[:, None] < bad[None, :]).mean() + 0.5 * (good[:, None] == bad[None, :]).mean())
 
 
 def write(path: Path, records: list[dict]) -> None:
