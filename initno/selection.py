@@ -43,6 +43,13 @@ class Thresholds:
 OFFICIAL_THRESHOLDS = Thresholds(0.2, 0.3, "official")
 
 
+def _require_whole_numbers(params, kind: str, minimums: dict[str, int]) -> None:
+    for name, low in minimums.items():
+        value = getattr(params, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{kind} parameter {name!r} must be a whole number ≥ {low}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class SelectionParams:
     candidates: int = 8
@@ -53,10 +60,7 @@ class SelectionParams:
     """Polishing stops after this many steps without a better score."""
 
     def __post_init__(self):
-        for name, low in (("candidates", 1), ("polish_steps", 0), ("patience", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"selection parameter {name!r} must be a whole number ≥ {low}, got {value!r}")
+        _require_whole_numbers(self, "selection", {"candidates": 1, "polish_steps": 0, "patience": 1})
 
     @property
     def max_passes(self) -> int:
@@ -314,10 +318,7 @@ class LookaheadParams:
     """UNet passes per sampling step (2 with classifier-free guidance)."""
 
     def __post_init__(self):
-        for name in ("candidates", "steps", "passes_per_step"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"lookahead parameter {name!r} must be a whole number ≥ 1, got {value!r}")
+        _require_whole_numbers(self, "lookahead", {"candidates": 1, "steps": 1, "passes_per_step": 1})
 
     @property
     def passes(self) -> int:

@@ -157,7 +157,9 @@ def test_a_guided_step_moves_the_latent_as_the_reference_does(denoiser, tiny_une
     guide = ImageGuidance(denoiser, cat_and_dog, SUBJECTS, plan)
     moved = guide.guide(step, z, timestep)
     assert not torch.equal(moved, z)
-    assert torch.allclose(moved, expected, atol=1e-5, rtol=1e-4)
+    # The step is up to 1.5 here; the guide's fused attention kernels and the reference's explicit softmax
+    # round differently, and the step size (about 20) amplifies that to 1.8e-5 on some CPUs.
+    assert torch.allclose(moved, expected, atol=5e-5, rtol=1e-4)
     assert instance_forwards(tiny_unet) == forwards
     assert all(p.grad is None and p.requires_grad for p in tiny_unet.parameters())
     assert guide.trace.passes == 1 and guide.trace.steps[0].refinement_updates == 0

@@ -162,33 +162,34 @@ def check_methods(methods: Sequence[str]) -> None:
         raise ValueError("no method to run")
 
 
-@dataclass
-class Sample:
+@dataclass(kw_only=True)
+class NoiseInfo:
+    """What a method's noise cost and reached."""
+
+    passes: int = 0
+    rounds: int = 0
+    chosen: int | None = None
+    valid_at_start: bool | None = None
+    valid_at_end: bool | None = None
+
+
+@dataclass(kw_only=True)
+class Sample(NoiseInfo):
     prompt: str
     seed: int
     method: str
     image: np.ndarray
     detection: detect.Detection
     seconds: float
-    passes: int = 0
-    rounds: int = 0
-    chosen: int | None = None
-    valid_at_start: bool | None = None
-    valid_at_end: bool | None = None
 
 
-@dataclass
-class _Noise:
+@dataclass(kw_only=True)
+class _Noise(NoiseInfo):
     """A method's initial noise for one image, and what to report about it."""
 
     latent: torch.Tensor
     key: tuple | None = None
     """Same key, same noise: the image is sampled once (e.g. a candidate chosen by two methods)."""
-    passes: int = 0
-    rounds: int = 0
-    chosen: int | None = None
-    valid_at_start: bool | None = None
-    valid_at_end: bool | None = None
 
 
 @dataclass
@@ -327,11 +328,10 @@ class Benchmark:
             image_seconds = [noise_seconds + (time.perf_counter() - began) / len(seeds)] * len(seeds)
         samples = []
         for index, (seed, noise, image) in enumerate(zip(seeds, noises, images)):
-            item = Sample(
-                context.text, seed, method, image, detect.detect(image, context.subjects), image_seconds[index]
-            )
-            item.passes, item.rounds, item.chosen = noise.passes, noise.rounds, noise.chosen
-            item.valid_at_start, item.valid_at_end = noise.valid_at_start, noise.valid_at_end
+            info = {f.name: getattr(noise, f.name) for f in dataclasses.fields(NoiseInfo)}
+            detection = detect.detect(image, context.subjects)
+            item = Sample(prompt=context.text, seed=seed, method=method, image=image, detection=detection,
+                          seconds=image_seconds[index], **info)  # fmt: skip
             if guidance is not None:
                 item.passes += guides[index].trace.passes
             samples.append(item)
@@ -356,7 +356,7 @@ class Benchmark:
         if cached is not None:
             return cached
         if method == "plain":
-            noises = [_Noise(n, key=(context.text, s, 0)) for s, n in zip(seeds, context.noises)]
+            noises = [_Noise(latent=n, key=(context.text, s, 0)) for s, n in zip(seeds, context.noises)]
         elif method in ("fast", "best-of-n"):
             selection = self.settings.selection
             if method == "best-of-n":
@@ -366,7 +366,7 @@ class Benchmark:
                                         self.settings.params, batch_size=32)  # fmt: skip
             noises = [
                 _Noise(
-                    r.latent,
+                    latent=r.latent,
                     key=(context.text, s, r.chosen) if r.polish_steps == 0 else None,
                     passes=r.passes,
                     rounds=1,
@@ -380,7 +380,7 @@ class Benchmark:
             requests = [SelectionRequest(n, s, context.cond, context.positions) for s, n in zip(seeds, context.noises)]
             results = select_by_lookahead(self.world.denoiser, self.world.advance, requests, self.settings.lookahead)
             noises = [
-                _Noise(r.latent, key=(context.text, s, r.chosen), passes=r.passes, rounds=1, chosen=r.chosen)
+                _Noise(latent=r.latent, key=(context.text, s, r.chosen), passes=r.passes, rounds=1, chosen=r.chosen)
                 for s, r in zip(seeds, results)
             ]
         elif method == "initno":
@@ -390,7 +390,8 @@ class Benchmark:
                 result = self.world.optimise(noise, seed, context.cond, context.positions, params)
                 start = result.trace[0].scores.is_valid(params.cross_threshold, params.conflict_threshold)
                 latent = result.latent.reshape(noise.shape)
-                noises.append(_Noise(latent, None, result.steps, result.rounds, None, start, result.valid))
+                noises.append(_Noise(latent=latent, passes=result.steps, rounds=result.rounds, valid_at_start=start,
+                                     valid_at_end=result.valid))  # fmt: skip
         else:
             raise ValueError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
         self.noises[(method, context.text)] = noises
