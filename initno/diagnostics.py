@@ -38,6 +38,7 @@ from matplotlib.patches import Patch, Rectangle
 from PIL import Image
 
 from .guidance import GuidanceTrace
+from .methods import method_of
 from .optimize import AttentionSnapshot, ImageResult, StepRecord
 from .params import InitNOParams
 from .scores import CONFLICT_GATE, Scores
@@ -468,7 +469,7 @@ def _draw_guidance(ax, trace: GuidanceTrace) -> tuple[dict[str, list[float]], li
     steps = [record.step for record in trace.steps]
     points: dict[str, list[float]] = {"step": [float(s) for s in steps]}
     handles = []
-    series = ["cross", "self"] if trace.method == "initno+" else ["cross"]  # Attend-and-Excite reads cross only
+    series = ["cross", "self"] if method_of(trace.method).augmented else ["cross"]  # the others read cross only
     for name in series:
         colour, style, marker, label = GUIDANCE_SERIES[name]
         key = "cross" if name == "cross" else "conflict"
