@@ -104,13 +104,25 @@ def test_stops_after_the_last_captured_layer(tiny_unet, cat_and_dog):
     assert len(calls) == 1  # the output layers ran on the first (learning) pass only
 
 
+def _maps_loss(capture: AttentionCapture) -> torch.Tensor:
+    return capture.cross_attention()[..., 2].max() + capture.self_attention_rows(torch.tensor([5])).max()
+
+
 def test_gradients_flow_from_the_maps_to_the_latent(tiny_unet, cat_and_dog):
-    latent = torch.randn(1, 4, 16, 16, requires_grad=True)
+    """The latent's gradient is the captured maps' own: finite, and a small step along it changes the maps'
+    loss by what the gradient predicts (a central finite difference)."""
+    latent = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0), requires_grad=True)
     with AttentionCapture(tiny_unet) as capture, torch.enable_grad():
         capture.run(_run, tiny_unet, latent, cat_and_dog)
-        loss = capture.cross_attention()[..., 2].max() + capture.self_attention_rows(torch.tensor([5])).max()
-        (grad,) = torch.autograd.grad(loss, latent)
-    assert grad.abs().sum() > 0
+        (grad,) = torch.autograd.grad(_maps_loss(capture), latent)
+    assert torch.isfinite(grad).all() and grad.norm() > 0
+    direction, h = grad / grad.norm(), 1e-2
+    moved = []
+    for step in (h, -h):
+        with AttentionCapture(tiny_unet) as capture, torch.no_grad():
+            capture.run(_run, tiny_unet, latent.detach() + step * direction, cat_and_dog)
+            moved.append(_maps_loss(capture).item())
+    assert (moved[0] - moved[1]) / (2 * h) == pytest.approx(grad.norm().item(), rel=0.02)
 
 
 def test_forwards_restored_exactly_even_a_foreign_instance_forward(tiny_unet, cat_and_dog):

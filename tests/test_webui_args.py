@@ -13,7 +13,7 @@ from initno.webui.args import ARGS, ArgumentError, ScriptArgs
 
 def test_positional_order_and_defaults():
     assert [a.name for a in ARGS][:3] == ["enabled", "subjects", "max_rounds"]
-    # The sampling guidance's arguments came later, after the first twelve: older positional calls still work.
+    # The positional order is part of the API: the first twelve keep their places, new arguments follow them.
     assert [a.name for a in ARGS][11:] == [
         "diagnostics",
         "method",

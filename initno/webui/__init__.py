@@ -1,8 +1,10 @@
-"""The AUTOMATIC1111 WebUI glue: the only part of the extension that imports the host's `modules`.
+"""The WebUI glue: the only part of the extension that imports the host's packages (`modules`, `backend`).
 
-- `args`: the argument table (UI, API, infotext, settings, X/Y/Z) — pure Python;
-- `host`: reading the host's model, sampler, prompt and conditioning;
-- `job`: one generation's InitNO work, its progress, faults and infotext;
+- `hosts`: one adapter per host (A1111, Forge 2, reForge) behind one interface, chosen by `hosts.host_of`;
+- `checks`, `conditioning`, `passes`: what InitNO reads from the host for a batch, the same on every host;
+- `arg`, `args`: the argument table (UI, API, infotext, settings, X/Y/Z) — pure Python;
+- `job`: one generation's InitNO work, in order, with `infotext`, `progress`, `guided_sampling`,
+  `sampler_hook` and `gallery` for its concerns, and `faults` for every message to the user;
 - `ui`, `xyz`, `routes`: controls and settings, X/Y/Z axes, the extension's HTTP routes;
 - `script`: the `scripts.Script` classes the host loads (through `scripts/initno.py`).
 """

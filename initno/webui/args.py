@@ -10,100 +10,20 @@ clients send `"args": [true, "cat, dog", ...]`) or as a single dict of named arg
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..guidance import METHOD_NAMES, GuidanceSettings, parse_refinements
+from .. import methods
+from ..guidance import GuidanceSettings, parse_refinements
 from ..params import PARAMETERS, InitNOParams
+from .arg import Arg, ArgumentError
 
-
-class ArgumentError(ValueError):
-    """A bad argument; the message names it."""
-
-
-@dataclass(frozen=True)
-class Arg:
-    name: str
-    default: Any
-    label: str
-    infotext: str
-    kind: type
-    minimum: float | None = None
-    maximum: float | None = None
-    step: float | None = None
-    advanced: bool = False
-    help: str = ""
-    xyz: bool = True
-    choices: tuple[tuple[str, str], ...] | None = None
-    """(value, label) pairs of a choice: the API and the infotext use the value, the UI shows the label."""
-    check: Callable[[str], Any] | None = None
-    """For text: raises ValueError saying what is wrong with the text."""
-
-    def convert(self, value: Any) -> Any:
-        """`value` as this argument's type, or ArgumentError naming the argument."""
-        if self.kind is bool:
-            return self._convert_bool(value)
-        if self.choices is not None:
-            return self._convert_choice(value)
-        if self.kind is str:
-            if not isinstance(value, str):
-                raise ArgumentError(f"InitNO argument {self.name!r} must be str, got {value!r}")
-            return self._check(value)
-        try:
-            if isinstance(value, bool):
-                raise ValueError(value)
-            number = float(value)
-            if self.kind is int:
-                if number != int(number):
-                    raise ValueError(value)
-                number = int(number)
-        except (TypeError, ValueError):
-            raise ArgumentError(f"InitNO argument {self.name!r} must be {self.kind.__name__}, got {value!r}") from None
-        if self.minimum is not None and not self.minimum <= number <= self.maximum:
-            raise ArgumentError(
-                f"InitNO argument {self.name!r} must be between {self.minimum} and {self.maximum}, got {value!r}"
-            )
-        return number
-
-    def _convert_bool(self, value: Any) -> bool:
-        """A JSON boolean, or its text "true"/"false" (any case) as an infotext or an X/Y/Z axis writes it.
-        Anything else ("no", "0", 1, None) is refused: a switch that silently reads as on or off is worse
-        than a message."""
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-            return value.strip().lower() == "true"
-        raise ArgumentError(f"InitNO argument {self.name!r} must be a boolean (true or false), got {value!r}")
-
-    def _check(self, text: str) -> str:
-        if self.check is not None:
-            try:
-                self.check(text)
-            except ValueError as error:
-                raise ArgumentError(f"InitNO argument {self.name!r}: {error}") from None
-        return text
-
-    def _convert_choice(self, value: Any) -> str:
-        """One of the values, or its label as the UI shows it (any case)."""
-        if isinstance(value, str):
-            wanted = value.strip().lower()
-            for choice, label in self.choices:
-                if wanted in (choice.lower(), label.lower()):
-                    return choice
-        known = ", ".join(repr(choice) for choice, _ in self.choices)
-        raise ArgumentError(f"InitNO argument {self.name!r} must be one of {known}, got {value!r}")
-
-    def label_of(self, value: str) -> str:
-        return dict(self.choices or ())[value]
-
-
-METHODS = (
-    ("initno", "Optimise the noise"),
-    ("initno+", f"Noise + sampling guidance ({METHOD_NAMES['initno+']})"),
-    ("ae", f"Sampling guidance only ({METHOD_NAMES['ae']})"),
-)
+METHOD_CHOICES = tuple((method.id, method.label) for method in methods.METHODS.values())
 """The method choice: (API and infotext value, what the UI shows)."""
+
+GUIDANCE_DEFAULTS = {spec.name: spec.default for spec in dataclasses.fields(GuidanceSettings)}
+"""The sampling guidance's official values (`initno.guidance.GuidanceSettings`)."""
 
 GUIDANCE_ARGS = ("guided_fraction", "step_scale", "max_refinement", "refinement_schedule")
 """Arguments of the sampling guidance (InitNO+, Attend-and-Excite): left out of the infotext for InitNO alone."""
@@ -162,21 +82,21 @@ ARGS: tuple[Arg, ...] = (
         help="Add an image of the attention maps and the score trace after each generated image.",
         xyz=False,
     ),
-    # The sampling guidance's arguments came later: after the first ones, so that positional API calls
-    # written before them keep working.
+    # Positional API calls address the arguments by this order: a new argument goes at the end, so that
+    # calls written without it keep working.
     Arg(
         "method",
-        "initno",
+        methods.DEFAULT,
         "Method",
         "InitNO method",
         str,
-        choices=METHODS,
+        choices=METHOD_CHOICES,
         help="InitNO optimises the noise; InitNO+ also guides the first sampling steps (the official script); "
         "Attend-and-Excite only guides the sampling.",
     ),
     Arg(
         "guided_fraction",
-        0.5,
+        GUIDANCE_DEFAULTS["guided_fraction"],
         "Guided fraction of the steps",
         "InitNO guided fraction",
         float,
@@ -187,7 +107,7 @@ ARGS: tuple[Arg, ...] = (
     ),
     Arg(
         "step_scale",
-        20.0,
+        GUIDANCE_DEFAULTS["step_scale"],
         "Guidance step size",
         "InitNO guidance step size",
         float,
@@ -198,7 +118,7 @@ ARGS: tuple[Arg, ...] = (
     ),
     Arg(
         "max_refinement",
-        20,
+        GUIDANCE_DEFAULTS["max_refinement"],
         "Max refinement iterations",
         "InitNO max refinement",
         int,
@@ -231,20 +151,21 @@ class ScriptArgs:
     subjects: str
     params: InitNOParams
     diagnostics: bool
-    method: str = "initno"
-    guided_fraction: float = 0.5
-    step_scale: float = 20.0
-    max_refinement: int = 20
-    refinement_schedule: str = ""
+    method: str
+    guided_fraction: float
+    step_scale: float
+    max_refinement: int
+    refinement_schedule: str
+    """Built by `from_named`, from the defaults in `ARGS`."""
 
     @property
     def optimises_noise(self) -> bool:
-        return self.method in ("initno", "initno+")
+        return methods.method_of(self.method).optimises_noise
 
     @property
     def guidance(self) -> GuidanceSettings | None:
-        """The sampling guidance's settings; None for InitNO alone."""
-        if self.method == "initno":
+        """The sampling guidance's settings; None for a method without (InitNO alone)."""
+        if not methods.method_of(self.method).guides_sampling:
             return None
         return GuidanceSettings(
             self.method,
@@ -310,8 +231,10 @@ class ScriptArgs:
         named = self.as_named()
         optional = ("subjects", "diagnostics", "refinement_schedule")
         left_out = {"enabled"} | {name for name in optional if not named[name]}
-        if self.method == "initno":
-            left_out |= {"method", *GUIDANCE_ARGS}
+        if self.method == methods.DEFAULT:
+            left_out.add("method")
+        if self.guidance is None:
+            left_out |= set(GUIDANCE_ARGS)
         if not self.optimises_noise:
             left_out |= {spec.name for spec in PARAMETERS}
         return {arg.infotext: named[arg.name] for arg in ARGS if arg.name not in left_out}

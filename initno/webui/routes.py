@@ -16,8 +16,11 @@ from modules import extra_networks, shared
 from pydantic import BaseModel
 
 from ..subjects import PromptTokens, SubjectError, choose_subjects, report, require_subjects
-from . import host
+from . import faults
 from .args import ARGS
+from .checks import check_before_generating, is_loaded
+from .conditioning import read_prompt_text
+from .hosts import Host, host_of
 
 
 class TokensRequest(BaseModel):
@@ -28,25 +31,26 @@ class TokensRequest(BaseModel):
 
 def tokens(request: TokensRequest) -> dict:
     model = shared.sd_model
-    if model is None or not host.is_loaded(model):
-        # Forge loads the checkpoint at the first generation, with a placeholder until then.
-        raise HTTPException(status_code=503, detail="no model is loaded yet")
+    if model is None or not is_loaded(model):
+        # A host may load the checkpoint at the first generation, with a placeholder until then.
+        raise HTTPException(status_code=503, detail=faults.NO_MODEL)
+    host = host_of(model)
     prompt, _ = extra_networks.parse_prompt(request.prompt)
     try:
-        read = host.read_prompt_text(model, prompt, max(request.steps, 1))
+        read = read_prompt_text(host, prompt, max(request.steps, 1))
         subjects = choose_subjects(read.tokens, request.subjects, read.encode)
     except (SubjectError, ValueError) as error:
         raise HTTPException(status_code=422, detail=str(error)) from None
-    return {**report(read.tokens, subjects), "unsupported": _unsupported(model, read.tokens, subjects)}
+    return {**report(read.tokens, subjects), "unsupported": _unsupported(host, read.tokens, subjects)}
 
 
-def _unsupported(model, prompt: PromptTokens, subjects: list) -> str | None:
+def _unsupported(host: Host, prompt: PromptTokens, subjects: list) -> str | None:
     """The first reason the generation would give, in its order: the model and settings, then the prompt.
     A per-request override of the token merging ratio is not known here: the setting is."""
     try:
-        host.check_before_generating(model, getattr(shared.opts, "token_merging_ratio", 0))
+        check_before_generating(host, getattr(shared.opts, "token_merging_ratio", 0))
         require_subjects(prompt, subjects)
-    except (host.Unsupported, SubjectError) as reason:
+    except (faults.Unsupported, SubjectError) as reason:
         return str(reason)
     return None
 

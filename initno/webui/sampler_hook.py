@@ -1,6 +1,7 @@
-"""Attention guidance inside the host's sampler (A1111 v1.10, facts in `a1111-host.md` §3 and the sampler
-notes): at the start of each guided step, every image's latent is moved in place, on the very tensor the
-sampler keeps using, before the sampler's own model call at that step.
+"""Attention guidance inside the host's sampler (A1111 v1.10's samplers, which the Forge family keeps; facts,
+with file:line citations, in docs/notes/a1111-samplers.md): at the start of each guided step, every image's
+latent is moved in place, on the very tensor the sampler keeps using, before the sampler's own model call at
+that step.
 
 Where: `p.sampler.model_wrap_cfg.forward` (the CFG denoiser every sampler calls with its state x) and
 `p.sampler.callback_state` (called once per step), both overridden on that sampler instance only; the host
@@ -12,7 +13,8 @@ callback, except for second-order samplers (Heun, DPM2, DPM2 a, DPM++ 2S a, DPM+
 callback comes between the state call and the call on their intermediate latent: there it is the second
 call after the callback. k-diffusion samplers hold x = z·sqrt(1 + σ²) and get `kdiffusion_guide`;
 DDIM, DDIM CFG++ and PLMS hold z itself and are called with the timestep. UniPC (its later calls see the
-predictor's temporary, never the state), DPM fast and DPM adaptive (no step per callback) are refused.
+predictor's temporary, never the state), DPM fast and DPM adaptive (no step per callback) are refused
+(`faults.REFUSED_SAMPLERS`).
 """
 
 from __future__ import annotations
@@ -23,18 +25,6 @@ from collections.abc import Callable
 import torch
 
 from ..guidance import ImageGuidance, kdiffusion_guide
-
-REFUSED_SAMPLERS = {
-    "UniPC": "its model calls after the first see the predictor's temporary latent, never the sampler's own",
-    "DPM fast": "it has no one-to-one sampling steps to guide",
-    "DPM adaptive": "it has no one-to-one sampling steps to guide",
-}
-
-
-def refusal(sampler_name: str) -> str | None:
-    """Why sampling guidance cannot run with this sampler, or None."""
-    reason = REFUSED_SAMPLERS.get(sampler_name)
-    return f"sampling guidance does not support the {sampler_name} sampler: {reason}" if reason else None
 
 
 class SamplerGuidance:

@@ -16,17 +16,14 @@ from __future__ import annotations
 
 from modules import processing, scripts
 
-from . import ui, xyz
+from . import faults, ui, xyz
 from .args import ArgumentError, ScriptArgs
-from .job import comment, job_of, own_generation_params, start_job
+from .infotext import comment, own_generation_params, skipped
+from .job import job_of, start_job
 
 TITLE = "InitNO"
 HOST_SUPPORTED = hasattr(scripts.Script, "process_before_every_sampling")
 DROPDOWN_ARGS = "_initno_dropdown_args"
-NEEDS_NEWER_HOST = (
-    "InitNO needs AUTOMATIC1111 WebUI 1.10 or newer: this version has no `process_before_every_sampling` "
-    "hook to replace the initial noise."
-)
 
 
 def _resolve(p, values) -> ScriptArgs | None:
@@ -43,13 +40,13 @@ def _resolve(p, values) -> ScriptArgs | None:
         return args.replace(**overrides) if overrides else args
     except ArgumentError as error:
         reason = str(error).removeprefix("InitNO ")
-        comment(p, f"InitNO skipped: {reason}")
-        own_generation_params(p)["InitNO"] = f"skipped: {reason}"
+        comment(p, f"InitNO {skipped(reason)}")
+        own_generation_params(p)["InitNO"] = skipped(reason)
         return None
 
 
 class InitNOAlwaysOn(scripts.Script):
-    sorting_priority = 15  # Forge orders its UI by this
+    sorting_priority = 15  # the section's place, where the host orders the always-on sections by it
 
     def title(self):
         return TITLE
@@ -61,7 +58,7 @@ class InitNOAlwaysOn(scripts.Script):
         if not HOST_SUPPORTED:
             import gradio as gr
 
-            gr.Markdown(NEEDS_NEWER_HOST)
+            gr.Markdown(faults.NEEDS_NEWER_HOST)
             return []
         controls, fields = ui.accordion(self.tabname or "txt2img")
         self.infotext_fields = fields

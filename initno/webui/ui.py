@@ -7,8 +7,10 @@ import gradio as gr
 from modules import shared
 from modules.ui_components import InputAccordion
 
-from . import host
+from ..guidance import OFFICIAL_REFINEMENTS, format_refinements
+from ..methods import INITNO_PLUS, METHODS, method_of
 from .args import ARGS, BY_NAME, GUIDANCE_ARGS, Arg
+from .passes import CHECKPOINTING
 
 SETTINGS_SECTION = ("initno", "InitNO", "sd")
 """Settings → InitNO, listed under the host's "Stable Diffusion" category with the other generation settings
@@ -32,7 +34,7 @@ def register_settings() -> None:
             "Automatic",
             "Memory: recompute transformer activations in the backward pass (gradient checkpointing)",
             gr.Radio,
-            {"choices": list(host.CHECKPOINTING)},
+            {"choices": list(CHECKPOINTING)},
         ).info("less memory for about one more forward per step; Automatic: when the GPU's free memory is short")
     }
     for arg in DEFAULTABLE:
@@ -57,7 +59,8 @@ def register_settings() -> None:
 
 PLACEHOLDERS = {
     "subjects": "cat, dog — empty: nouns chosen automatically",
-    "refinement_schedule": "empty: the method's official schedule (InitNO+: 10:0.2:0.3, 20:0.2:0.3)",
+    "refinement_schedule": "empty: the method's official schedule "
+    f"({METHODS[INITNO_PLUS].name}: {format_refinements(OFFICIAL_REFINEMENTS[INITNO_PLUS])})",
 }
 
 
@@ -86,14 +89,14 @@ def accordion(tabname: str) -> tuple[list, list]:
         gr.HTML(elem_id=f"{prefix}_tokens", elem_classes=["initno-tokens"])
         controls["method"] = _control(BY_NAME["method"], method, f"{prefix}_method")
         # Only the settings of the chosen method are shown (all of them still travel with each generation).
-        with gr.Column(visible=method != "ae") as noise_settings:
+        with gr.Column(visible=method_of(method).optimises_noise) as noise_settings:
             with gr.Row():
                 for name in ("max_rounds", "steps_per_round", "fallback_steps"):
                     controls[name] = _control(BY_NAME[name], defaults[name], f"{prefix}_{name}")
             with gr.Row():
                 for name in ("cross_threshold", "conflict_threshold"):
                     controls[name] = _control(BY_NAME[name], defaults[name], f"{prefix}_{name}")
-        with gr.Row(visible=method != "initno") as guidance_settings:
+        with gr.Row(visible=method_of(method).guides_sampling) as guidance_settings:
             for name in ("guided_fraction", "step_scale", "max_refinement"):
                 controls[name] = _control(BY_NAME[name], defaults[name], f"{prefix}_{name}")
         controls["diagnostics"] = _control(BY_NAME["diagnostics"], defaults["diagnostics"], f"{prefix}_diagnostics")
@@ -110,8 +113,8 @@ def accordion(tabname: str) -> tuple[list, list]:
 
 def settings_shown(method: str) -> tuple[dict, dict]:
     """Visibility of the noise optimisation's and the sampling guidance's settings for a method."""
-    method = BY_NAME["method"].convert(method)
-    return gr.update(visible=method != "ae"), gr.update(visible=method != "initno")
+    chosen = method_of(BY_NAME["method"].convert(method))
+    return gr.update(visible=chosen.optimises_noise), gr.update(visible=chosen.guides_sampling)
 
 
 def hidden(tabname: str) -> list:

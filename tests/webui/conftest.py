@@ -109,6 +109,40 @@ def assert_no_hooks_left(model: StandInSD1Model) -> None:
     assert all(p.grad is None for p in unet.parameters()), "a parameter got a gradient"
 
 
+@pytest.fixture
+def optimisations(monkeypatch) -> list:
+    """(requests, results) of every noise optimisation InitNO runs, the real one delegated to."""
+    from initno import optimize as optimize_module
+    from initno.webui import job as job_module
+
+    seen = []
+    real = optimize_module.optimize_noise
+
+    def recording(denoiser, requests, params, **kwargs):
+        results = real(denoiser, requests, params, **kwargs)
+        seen.append((requests, results))
+        return results
+
+    monkeypatch.setattr(job_module, "optimize_noise", recording)
+    return seen
+
+
+@pytest.fixture
+def batches_run(monkeypatch) -> list[bool]:
+    """`p.is_hr_pass` of every batch InitNO's job ran for (`InitNOJob.run_batch`), in order."""
+    from initno.webui import job as job_module
+
+    seen = []
+    real = job_module.InitNOJob.run_batch
+
+    def recording(self, p, x):
+        seen.append(bool(getattr(p, "is_hr_pass", False)))
+        return real(self, p, x)
+
+    monkeypatch.setattr(job_module.InitNOJob, "run_batch", recording)
+    return seen
+
+
 def interrupt_after(monkeypatch, passes: int) -> list:
     """Makes InitNO's optimisation press Interrupt after `passes` UNet passes; returns the passes' records."""
     from initno import optimize as optimize_module

@@ -1,7 +1,7 @@
-"""InitNO beside other extensions that change the UNet for a generation (issue 13), through stand-ins of
-their mechanisms (tests/host/extensions*/, each citing the files it mirrors): Regional Prompter's
-attention mode and AnimateDiff's motion modules are refused with a message that names them, the image
-still made and their changes left in place; its latent mode and the WebUI's Hypertile work with InitNO.
+"""InitNO beside other extensions that change the UNet for a generation, through stand-ins of their
+mechanisms (tests/host/extensions*/, each citing the files it mirrors): Regional Prompter's attention mode
+and AnimateDiff's motion modules are refused with a message that names them, the images made as without
+InitNO and their changes left in place; its latent mode and the WebUI's Hypertile work with InitNO.
 ControlNet: tests/webui/test_controlnet.py."""
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from modules import infotext_utils
 
 HOST = Path(__file__).resolve().parents[1] / "host"
@@ -28,56 +30,80 @@ def _status(processed, index=0):
     return infotext_utils.parse_generation_parameters(processed.infotexts[index])["InitNO"]
 
 
+def _pixels(processed):
+    return [np.asarray(image) for image in processed.images]
+
+
+def _instance_forwards(unet):
+    return {name: m.forward for name, m in unet.named_modules() if "forward" in m.__dict__}
+
+
 @pytest.fixture
 def unet(webui):
     return webui.model.model.diffusion_model
 
 
-def test_regional_prompter_attention_mode_is_refused_by_name(webui, unet):
+def test_regional_prompter_attention_mode_is_refused_by_name(webui, unet, optimisations):
     regional = _load("extensions/sd-webui-regional-prompter/scripts/attention.py").RegionalPrompter(batch_size=2)
     regional.hook_forwards(unet)
-    hooked = {name: m.forward for name, m in unet.named_modules() if "forward" in m.__dict__}
+    hooked = _instance_forwards(unet)
     try:
+        without = webui.txt2img(batch_size=2, **SIZE)
+        calls_without, regional.calls = regional.calls, 0
         processed = webui.txt2img(ON, batch_size=2, **SIZE)
+        after = _instance_forwards(unet)
     finally:
-        after = {name: m.forward for name, m in unet.named_modules() if "forward" in m.__dict__}
         regional.hook_forwards(unet, remove=True)
-    assert len(processed.images) == 2
     for index in (0, 1):
         status = _status(processed, index)
         assert status.startswith("skipped: sd-webui-regional-prompter replaces the UNet's cross-attention")
         assert "its Latent mode works with InitNO" in status
-    assert after == hooked  # its forwards as it set them, and sampling ran through them
-    assert regional.calls > 0
+    assert optimisations == []
+    assert after == hooked  # its forwards as it set them
+    # Sampling ran through them exactly as without InitNO, and no pass of InitNO did.
+    assert regional.calls == calls_without > 0
+    assert all(np.array_equal(a, b) for a, b in zip(_pixels(processed), _pixels(without), strict=True))
 
 
-def test_regional_prompter_latent_mode_leaves_initno_running(webui, unet):
+def test_regional_prompter_latent_mode_leaves_initno_running(webui, unet, optimisations):
     regional = _load("extensions/sd-webui-regional-prompter/scripts/attention.py").RegionalPrompter(batch_size=2)
     regional.hook_forwards(unet, remove=True)  # latent mode takes its forwards off (scripts/rp.py:598)
     processed = webui.txt2img(ON, batch_size=2, **SIZE)
     assert all(_status(processed, i).startswith(("valid", "not valid")) for i in (0, 1))
+    ((requests, results),) = optimisations
+    assert len(results) == 2
+    assert all(not torch.equal(r.latent, q.noise) for q, r in zip(requests, results))  # each noise moved
 
 
-def test_animatediff_is_refused_and_its_frames_still_made(webui, unet):
+def test_animatediff_is_refused_and_its_frames_made_as_without_initno(webui, unet, optimisations):
     animatediff = _load("extensions/sd-webui-animatediff/motion_module.py")
     animatediff.inject(unet)
     try:
+        without = webui.txt2img(batch_size=2, **SIZE)
         processed = webui.txt2img(ON, batch_size=2, **SIZE)
     finally:
         animatediff.restore(unet)
-    assert len(processed.images) == 2
     assert _status(processed).startswith("skipped: AnimateDiff is on: its motion modules make the batch one video")
+    assert optimisations == []
+    assert len(processed.images) == 2
+    assert all(np.array_equal(a, b) for a, b in zip(_pixels(processed), _pixels(without), strict=True))
 
 
-def test_hypertile_keeps_tiling_and_initno_runs(webui, unet):
+def test_hypertile_keeps_tiling_and_initno_runs(webui, unet, optimisations):
+    plain_run = webui.txt2img(ON, **SIZE)  # InitNO without Hypertile
     hypertile = _load("extensions-builtin/hypertile/hypertile.py").Hypertile()
     hypertile.hook_model(unet)
-    wrappers = {name: m.forward for name, m in unet.named_modules() if "forward" in m.__dict__}
+    wrappers = _instance_forwards(unet)
     try:
         processed = webui.txt2img(ON, **SIZE)
-        after = {name: m.forward for name, m in unet.named_modules() if "forward" in m.__dict__}
+        after = _instance_forwards(unet)
     finally:
         hypertile.unhook_model(unet)
     assert _status(processed).startswith(("valid", "not valid"))
     assert after == wrappers
-    assert hypertile.calls > 0
+    (plain_requests, (plain,)), (requests, (tiled,)) = optimisations
+    assert not torch.equal(tiled.latent, requests[0].noise)  # InitNO moved the noise
+    # The tiling acts in InitNO's passes too: the same noise scores differently through the tiled layers.
+    assert torch.equal(requests[0].noise, plain_requests[0].noise)
+    assert tiled.initial.joint != plain.initial.joint
+    assert not np.array_equal(_pixels(processed)[0], _pixels(plain_run)[0])

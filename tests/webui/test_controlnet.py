@@ -15,8 +15,8 @@ from modules import infotext_utils, shared
 from modules.sd_models_xl import StandInSDXLModel
 
 from initno import optimize as optimize_module
-from initno.webui import host
 from initno.webui import job as job_module
+from initno.webui import passes
 
 QUICK = {"enabled": True, "subjects": "cat, dog", "max_rounds": 2, "steps_per_round": 2, "fallback_steps": 2}
 SIZE = {"width": 128, "height": 128}
@@ -111,7 +111,7 @@ def test_a_zero_weight_unit_gives_exactly_the_result_without_controlnet(webui, c
     (_, (plain,)), (_, (controlled,)) = calls
     assert controlled.trace == plain.trace
     assert torch.equal(controlled.latent, plain.latent)
-    monkeypatch.setattr(host, "gradients_through_blocks", lambda unet: contextlib.nullcontext())
+    monkeypatch.setattr(passes, "gradients_through_blocks", lambda unet: contextlib.nullcontext())
     webui.txt2img(QUICK, **SIZE)
     (_, (without_encoder_gradients,)) = calls[2]
     assert without_encoder_gradients.trace[0] == plain.trace[0]  # the same first pass

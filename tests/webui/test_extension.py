@@ -100,7 +100,8 @@ def test_the_core_never_imports_the_host(tmp_path):
             "-c",
             "import sys, initno.attention, initno.scores, initno.optimize, initno.params, initno.prompt, "
             "initno.subjects, initno.clip_bpe, initno.offline, initno.tiny, initno.diagnostics, initno.cli, "
-            "initno.webui.args; print(sorted(m for m in sys.modules if m.split('.')[0] in ('modules', 'gradio')))",
+            "initno.methods, initno.webui.args, initno.webui.faults; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('modules', 'backend', 'gradio')))",
         ],
         cwd=REPO,
         capture_output=True,

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_no_hooks_left
-from modules import infotext_utils, prompt_parser, shared
+from modules import devices, infotext_utils, prompt_parser, shared
 from modules.sd_models import StandInSD1Model
 from modules.sd_models_xl import StandInSDXLModel
 
 from initno import optimize as optimize_module
-from initno.webui import host
 from initno.webui import job as job_module
+from initno.webui import passes
+from initno.webui.hosts import host_of
 
 QUICK = {"enabled": True, "subjects": "cat, dog", "max_rounds": 1, "steps_per_round": 2, "fallback_steps": 0}
 
@@ -127,9 +128,9 @@ def test_automatic_checkpointing_when_the_gpu_is_short_of_memory(monkeypatch, fa
 
     model = SimpleNamespace(is_sdxl=family == "sdxl", is_sd2=family == "sd2")
     p = SimpleNamespace(sd_model=model, width=size[0], height=size[1])
-    monkeypatch.setattr(host, "free_device_memory", lambda: free)
-    monkeypatch.setattr(host.devices, "dtype_unet", torch.float16)
-    assert host.checkpoint_blocks(p) is expected
+    monkeypatch.setattr(passes, "free_device_memory", lambda: free)
+    monkeypatch.setattr(devices, "dtype_unet", torch.float16)
+    assert passes.checkpoint_blocks(p, host_of(model)) is expected
 
 
 def test_sdxl_refiner_is_refused_and_the_image_still_made(webui, calls):

@@ -19,8 +19,8 @@ from modules.sd_models_xl import StandInSDXLModel
 
 from initno import optimize as optimize_module
 from initno.tiny import TINY_UNET
-from initno.webui import forge
 from initno.webui import job as job_module
+from initno.webui.hosts import forge
 
 QUICK = {"max_rounds": 2, "steps_per_round": 2, "fallback_steps": 1}
 ON = {"enabled": True, "subjects": "cat, dog", **QUICK}
@@ -80,9 +80,9 @@ def test_the_stand_in_is_forge_2_where_it_matters(webui, forge2, monkeypatch):
         unet(latent, t, context=context).sum().backward()
     with monkeypatch.context() as patch:
         patch.setattr(forge, "_clone_first_input", lambda *_: None)
-        with forge.differentiable(unet, RuntimeError), pytest.raises(RuntimeError, match="modified by an inplace"):
+        with forge.differentiable(unet), pytest.raises(RuntimeError, match="modified by an inplace"):
             unet(latent, t, context=context).sum().backward()
-    with forge.differentiable(unet, RuntimeError):
+    with forge.differentiable(unet):
         (gradient,) = torch.autograd.grad(unet(latent, t, context=context).sum(), latent)
     (reference,) = torch.autograd.grad(webui.model.model.diffusion_model(latent, t, context=context).sum(), latent)
     assert torch.allclose(gradient, reference, atol=1e-6)
@@ -140,11 +140,13 @@ def test_batches_on_forge_2_are_reproducible_per_seed(webui, forge2, monkeypatch
     assert torch.equal(spy.results[1].latent, spy.results[2].latent)
 
 
-def test_hires_pass_on_forge_2_is_left_alone(webui, forge2, monkeypatch):
-    """A1111's check, on Forge 2, whose hires pass calls the hook twice: both return before run_batch."""
-    from test_generation import test_hires_second_pass_is_left_alone
-
-    test_hires_second_pass_is_left_alone(webui, monkeypatch)
+def test_hires_pass_on_forge_2_is_left_alone(webui, forge2, monkeypatch, batches_run):
+    """Forge 2's hires pass calls the hook twice: both return before the job runs a batch."""
+    spy = OptimiseSpy(monkeypatch)
+    processed = webui.txt2img(ON, enable_hr=True, hr_scale=1.5, denoising_strength=0.5, **SIZE)
+    assert batches_run == [False]
+    assert len(spy.results) == 1
+    assert processed.images[0].size == (192, 192)
 
 
 def test_attention_patches_are_left_out_of_initnos_passes(webui, forge2, monkeypatch):

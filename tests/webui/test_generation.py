@@ -13,6 +13,7 @@ from modules import devices, infotext_utils, processing, rng, sd_unet, shared
 from modules.sd_hijack import Embedding, model_hijack
 
 from initno import optimize as optimize_module
+from initno.webui import infotext
 from initno.webui import job as job_module
 
 QUICK = {"max_rounds": 2, "steps_per_round": 2, "fallback_steps": 2}
@@ -74,9 +75,12 @@ def test_accordion_run_replaces_the_noise_and_explains_itself(webui, monkeypatch
 def test_script_dropdown_uses_the_accordion_settings(webui, monkeypatch):
     spy = OptimiseSpy(monkeypatch)
     processed = webui.txt2img({"subjects": "dog", **QUICK}, dropdown=True, **SIZE)  # accordion left off
-    assert len(spy.calls) == 1
-    assert spy.calls[0][1][0].subjects == [[5]]
-    assert _params(processed)["InitNO"]
+    ((_denoiser, requests, params, results),) = spy.calls
+    assert requests[0].subjects == [[5]]
+    assert (params.max_rounds, params.steps_per_round, params.fallback_steps) == (2, 2, 2)
+    assert not torch.equal(results[0].latent, requests[0].noise)  # the noise was replaced
+    assert _params(processed)["InitNO tokens"] == "dog 5"
+    assert _params(processed)["InitNO max rounds"] == "2"
 
 
 def test_first_timestep_of_a_timestep_sampler(webui, monkeypatch):
@@ -143,15 +147,10 @@ def test_api_script_name_honours_enabled_false(webui, monkeypatch):
     assert "'enabled' must be a boolean (true or false), got 'no'" in response.text
 
 
-def test_hires_second_pass_is_left_alone(webui, monkeypatch):
-    seen = []
-    real = job_module.InitNOJob.run_batch
-    monkeypatch.setattr(
-        job_module.InitNOJob, "run_batch", lambda self, p, x: (seen.append(p.is_hr_pass), real(self, p, x))
-    )
+def test_hires_second_pass_is_left_alone(webui, monkeypatch, batches_run):
     spy = OptimiseSpy(monkeypatch)
     processed = webui.txt2img(ON, enable_hr=True, hr_scale=1.5, denoising_strength=0.5, **SIZE)
-    assert seen == [False]
+    assert batches_run == [False]
     assert len(spy.calls) == 1
     assert processed.images[0].size == (192, 192)
 
@@ -322,10 +321,25 @@ def test_hypernetworks_reach_the_captured_layers(webui):
     assert sorted(calls) == [32] * 5 + [64] * 5  # the 5 cross- and 5 self-attention layers of one pass
 
 
-def test_reduced_precision_host(webui):
+def test_reduced_precision_host(webui, monkeypatch):
+    """Under the host's bf16 autocast InitNO's passes run in bf16 and still move the noise, by finite steps."""
+    spy = OptimiseSpy(monkeypatch)
+    dtypes = []
+    unet = webui.model.model.diffusion_model
+    handle = unet.out.register_forward_hook(
+        lambda _module, _args, out: dtypes.append((torch.is_grad_enabled(), out.dtype))
+    )
     devices.dtype = devices.dtype_unet = torch.bfloat16  # the host's autocast is active while sampling
-    processed = webui.txt2img(ON, **SIZE)
-    assert _params(processed)["InitNO"].startswith(("valid", "not valid"))
+    try:
+        processed = webui.txt2img({**ON, "cross_threshold": 0.0}, **SIZE)
+    finally:
+        handle.remove()
+    ((_denoiser, requests, _params_used, (result,)),) = spy.calls
+    assert _params(processed)["InitNO"].startswith("not valid, 2 rounds + fallback")  # every pass ran
+    assert torch.isfinite(result.latent).all()
+    assert not torch.equal(result.latent, requests[0].noise)
+    assert all(np.isfinite([r.scores.joint for r in result.trace]))
+    assert {dtype for with_grad, dtype in dtypes if not with_grad} == {torch.bfloat16}  # sampling
     assert_no_hooks_left(webui.model)
 
 
@@ -381,12 +395,13 @@ def test_faults_skip_initno_with_a_clear_message(webui, monkeypatch, fault, mess
 def test_edit_and_inpainting_conditioning_is_refused():
     from types import SimpleNamespace
 
-    from initno.webui import host
+    from initno.webui import checks, faults
+    from initno.webui.hosts import host_of
 
     for key in ("hybrid", "concat", "crossattn-adm"):
         model = SimpleNamespace(model=SimpleNamespace(diffusion_model=torch.nn.Identity(), conditioning_key=key))
-        with pytest.raises(host.Unsupported, match=f"conditioning '{key}'"):
-            host.unet_of(model)
+        with pytest.raises(faults.Unsupported, match=f"conditioning '{key}'"):
+            checks.unet_of(host_of(model))
 
 
 def test_one_bad_prompt_in_a_batch_skips_only_that_image(webui, monkeypatch):
@@ -397,10 +412,30 @@ def test_one_bad_prompt_in_a_batch_skips_only_that_image(webui, monkeypatch):
     assert _params(processed, 1)["InitNO"].startswith("skipped: subject 'dog' is not in the prompt")
 
 
-def test_memory_is_freed_after_the_optimisation(webui):
-    before = devices.gc_calls
+def test_memory_is_freed_after_the_optimisation(webui, monkeypatch):
+    """The host's memory is given back after InitNO's passes and before sampling starts, and nothing that
+    outlives the job keeps a pass's autograd graph (and with it the activations) alive."""
+    events = []
+    spy = OptimiseSpy(monkeypatch)
+    monkeypatch.setattr(job_module, "optimize_noise", lambda *a, **k: (spy(*a, **k), events.append("optimised"))[0])
+    real_gc = devices.torch_gc
+    monkeypatch.setattr(devices, "torch_gc", lambda: (events.append("freed"), real_gc()))
+    real_apply = webui.model.apply_model
+
+    def sampling(x, t, c):
+        if x.shape[0] == 2 and "sampling" not in events:  # the sampler's cond and uncond rows; InitNO's: one
+            events.append("sampling")
+        return real_apply(x, t, c)
+
+    monkeypatch.setattr(webui.model, "apply_model", sampling)
     webui.txt2img(ON, **SIZE)
-    assert devices.gc_calls > before
+    assert events[:3] == ["optimised", "freed", "sampling"]
+    ((_denoiser, requests, _params_used, (result,)),) = spy.calls
+    kept = [result.latent, requests[0].noise]
+    for maps in (result.maps_before, result.maps_after):
+        kept += [maps.cross, maps.self_attention, maps.peaks] if maps is not None else []
+    assert len(kept) > 2
+    assert all(tensor.grad_fn is None and not tensor.requires_grad for tensor in kept)
 
 
 def test_outcome_wording_counts_in_the_singular_and_plural():
@@ -408,7 +443,7 @@ def test_outcome_wording_counts_in_the_singular_and_plural():
 
     def status(rounds, steps, fallback=False, valid=True, cancelled=False):
         result = ImageResult(None, valid, rounds, steps, fallback, cancelled, None, None, None, None)
-        return job_module._status(result)
+        return infotext.status_of(result)
 
     assert status(1, 1) == "valid, 1 round, 1 step"
     assert status(2, 15) == "valid, 2 rounds, 15 steps"

@@ -17,6 +17,7 @@ from modules import infotext_utils, rng, sd_samplers, shared
 from initno import guidance as guidance_module
 from initno.guidance import GuidanceSettings, ImageGuidance
 from initno.webui import job as job_module
+from initno.webui import progress as progress_module
 from initno.webui import sampler_hook
 
 SIZE = {"width": 128, "height": 128}  # latent 16×16: the 4×4 grid is read
@@ -247,7 +248,7 @@ def test_refinement_iterations_are_bounded_by_the_plan(webui, guided):
 
 def _stop_after(monkeypatch, passes: int, stop):
     seen = []
-    real = job_module._GuidanceProgress.__call__
+    real = progress_module.GuidanceProgress.__call__
 
     def progress(self, image, step, losses):
         real(self, image, step, losses)
@@ -255,7 +256,7 @@ def _stop_after(monkeypatch, passes: int, stop):
         if len(seen) == passes:
             stop()
 
-    monkeypatch.setattr(job_module._GuidanceProgress, "__call__", progress)
+    monkeypatch.setattr(progress_module.GuidanceProgress, "__call__", progress)
     return seen
 
 
@@ -422,13 +423,13 @@ def test_hires_second_pass_is_not_guided(webui, samplers, guided):
 
 def test_progress_text_while_guiding(webui, monkeypatch):
     texts = []
-    real = job_module._GuidanceProgress.__call__
+    real = progress_module.GuidanceProgress.__call__
 
     def watching(self, image, step, losses):
         real(self, image, step, losses)
         texts.append(shared.state.textinfo)
 
-    monkeypatch.setattr(job_module._GuidanceProgress, "__call__", watching)
+    monkeypatch.setattr(progress_module.GuidanceProgress, "__call__", watching)
     webui.txt2img({**PLUS, "refinement_schedule": "0:0:0", "max_refinement": 1}, batch_size=2, steps=STEPS, **SIZE)
     assert texts[0].startswith("InitNO+ guidance · image 1/2 · step 1/2 · loss ")
     assert "(self " in texts[0]

@@ -1,0 +1,77 @@
+"""AUTOMATIC1111 WebUI 1.10 (`modules/`): the loaded model is an ldm/sgm `LatentDiffusion`/`DiffusionEngine`
+whose UNet is `model.diffusion_model`, called through the model's own `apply_model`, with the hijacked text
+encoders; samplers start from the very noise tensor the hook replaces. Facts: docs/notes/a1111-samplers.md."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from modules import devices, shared
+
+from ...optimize import Denoiser
+from .. import faults
+from .base import Host
+
+
+class A1111(Host):
+    name = "AUTOMATIC1111"
+
+    def unet(self) -> torch.nn.Module:
+        wrapper = getattr(self.model, "model", None)
+        unet = getattr(wrapper, "diffusion_model", None)
+        if unet is None:
+            raise faults.no_unet(type(self.model).__name__)
+        conditioning_key = getattr(wrapper, "conditioning_key", "crossattn")
+        if conditioning_key not in ("crossattn", None) or getattr(self.model, "is_sdxl_inpaint", False):
+            raise faults.edit_model(conditioning_key)
+        if getattr(unet, "in_channels", 4) != getattr(self.model, "latent_channels", 4):
+            raise faults.Unsupported(faults.INPAINTING)
+        return unet
+
+    def text_encoders(self) -> list:
+        return ldm_text_encoders(self.model)
+
+    def text_model(self):
+        # The hijacked `cond_stage_model` (SDXL: the conditioner) tokenises for the conditioning.
+        model = getattr(self.model, "cond_stage_model", None)
+        return model if model is not None else self.text_encoders()[0]
+
+    def compute_dtype(self) -> torch.dtype:
+        return devices.dtype_unet
+
+    def denoiser(self, unet: torch.nn.Module, timestep: float, checkpoint_blocks: bool) -> Denoiser:
+        return Denoiser(
+            unet=unet,
+            apply=self.model.apply_model,
+            timestep=timestep,
+            context_transform=hypernetwork_transform(),
+            checkpoint_blocks=checkpoint_blocks,
+            recompute_context=devices.autocast,  # apply_model's context: A1111's manual_cast patches layers there
+        )
+
+    def prepared(self, latent: torch.Tensor) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()  # the model is ready when the hook runs
+
+    def differentiable(self, unet: torch.nn.Module) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()  # normal weights, sampling under `no_grad` only
+
+    def use_noise(self, p, noise: torch.Tensor) -> None:
+        pass  # the sampler starts from the hook's `x`, replaced in place
+
+
+def ldm_text_encoders(model) -> list:
+    """The hijacked text encoders of an ldm/sgm model: SDXL base has two (CLIP-L, OpenCLIP-G), its refiner one."""
+    conditioner = getattr(model, "conditioner", None)
+    if conditioner is None:
+        return [model.cond_stage_model]
+    return [embedder for embedder in conditioner.embedders if hasattr(embedder, "process_texts")]
+
+
+def hypernetwork_transform():
+    """The host's hypernetwork hook for the captured attention layers, when hypernetworks are loaded."""
+    if not getattr(shared, "loaded_hypernetworks", None):
+        return None
+    from modules.hypernetworks import hypernetwork
+
+    return lambda context, module: hypernetwork.apply_hypernetworks(shared.loaded_hypernetworks, context, module)

@@ -1,0 +1,67 @@
+"""The progress bar while InitNO works, and the user's Interrupt and Skip."""
+
+from __future__ import annotations
+
+from modules import devices, shared
+
+from ..guidance import GuidancePlan
+from ..methods import method_of
+from ..params import InitNOParams
+from ..scores import Scores
+
+
+def cancelled() -> bool:
+    """Whether the user pressed Interrupt or Skip."""
+    return bool(shared.state.interrupted or shared.state.skipped)
+
+
+def done() -> None:
+    """After InitNO's passes: the progress text cleared, the passes' memory given back."""
+    shared.state.textinfo = None
+    devices.torch_gc()
+
+
+class NoiseProgress:
+    """'InitNO round r/R · step s/S · loss …' in the progress bar while the noise is optimised."""
+
+    def __init__(self, params: InitNOParams, image_count: int):
+        self.params = params
+        self.image_count = image_count
+        self.total = params.max_passes
+        self.done = 0
+
+    def __call__(self, image: int, round_index: int, step: int, scores: Scores) -> None:
+        p = self.params
+        self.done += 1
+        if round_index == p.max_rounds:
+            where = f"fallback · step {step + 1}/{p.fallback_steps}"
+        else:
+            where = f"round {round_index + 1}/{p.max_rounds} · step {step + 1}/{p.steps_per_round}"
+        which = f" image {image + 1}/{self.image_count} ·" if self.image_count > 1 else ""
+        state = shared.state
+        state.textinfo = (
+            f"InitNO{which} {where} · loss {scores.joint:.3f} (cross {scores.cross:.3f}, self {scores.conflict:.3f})"
+        )
+        state.sampling_steps = self.total * self.image_count
+        state.sampling_step = min(self.done, state.sampling_steps)
+
+
+class GuidanceProgress:
+    """'InitNO+ guidance · step s/S · loss …' in the progress bar while the sampler's steps are guided."""
+
+    def __init__(self, plan: GuidancePlan, image_count: int):
+        self.plan = plan
+        self.image_count = image_count
+        self.last_step: tuple[int, int] | None = None
+        self.refinement = 0
+
+    def __call__(self, image: int, step: int, losses: dict[str, float]) -> None:
+        self.refinement = self.refinement + 1 if self.last_step == (image, step) else 0
+        self.last_step = (image, step)
+        which = f" · image {image + 1}/{self.image_count}" if self.image_count > 1 else ""
+        refining = f" · refinement {self.refinement}" if self.refinement else ""
+        loss = f"loss {losses['cross']:.3f}"
+        if self.plan.augmented:
+            loss += f" (self {losses['conflict']:.3f})"
+        name = method_of(self.plan.method).name
+        shared.state.textinfo = f"{name} guidance{which} · step {step + 1}/{self.plan.guided}{refining} · {loss}"
