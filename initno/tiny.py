@@ -1,6 +1,6 @@
-"""The embedded default model: the real ldm `UNetModel` (the class A1111 loads for SD1/SD2) in a tiny
-configuration with random weights, plus a toy text encoder. Used by `python -m initno demo`, by
-`python -m initno.bench --tiny` and by the tests. Nothing is downloaded.
+"""The embedded tiny model: the real ldm `UNetModel` (the class A1111 loads for SD1/SD2) in a tiny
+configuration with random weights, plus a toy text encoder. Used by the benchmarks' `--tiny` runs and by the
+tests (the demo runs the trained miniature, `initno.miniature`). Nothing is downloaded.
 
 Random weights need two adjustments to be a useful stand-in for a trained model:
 - ldm zero-initialises every transformer's `proj_out` and the final `out` conv, which would make the

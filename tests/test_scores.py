@@ -1,4 +1,5 @@
-"""Each loss against a value computed by hand (initno-method.md §3-§5)."""
+"""Each loss against a value computed by hand (docs/method.md: preprocessing and smoothing, scores; the
+official implementation's `fn_compute_loss`)."""
 
 from __future__ import annotations
 
