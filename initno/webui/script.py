@@ -85,7 +85,7 @@ class InitNOAlwaysOn(scripts.Script):
     def post_sample(self, p, ps, *args):
         job = job_of(p)
         if job is not None:
-            job.end_guidance()  # sampling is over (the host also skips here after an exception: see job)
+            job.end_guidance()  # sampling is over (skipped after an exception: see guided_sampling)
 
     def postprocess(self, p, processed, *args):
         job = job_of(p)
