@@ -1,4 +1,4 @@
-"""Attention guidance during sampling (`initno-method.md` §7 and §12): at the start of each early sampling
+"""Attention guidance during sampling (docs/method.md, "Sampling guidance"): at the start of each early sampling
 step, a cond-only UNet pass with gradients scores the attention of the current latent, and the latent
 moves down the gradient of that score before the sampler takes its step from it.
 
@@ -15,7 +15,7 @@ Step size α_i = 20·sqrt(1 − 0.5·i/N) (the official `sqrt(linspace(1, 0.5))`
 50); "step k of 50" is the same fraction of the user's N steps, rounded to the nearest step.
 
 Everything happens in the unit-variance space z_t of a DDPM scheduler, in which the references step
-(`scheduler.step` on z_t); a host adapter maps its sampler's latent in and out (`SamplerSpace`).
+(`scheduler.step` on z_t); the host glue maps its sampler's latent in and out.
 
 Deliberate savings, numbers unchanged:
 - The official refinement's first iteration runs the UNet again on the latent just scored; here the pass
@@ -229,7 +229,7 @@ def score_pass(cross_attention, self_attention_rows, subjects, positions, *, wit
 
 def guidance_losses(scored: ScoredPass, cache: AlignmentCache | None) -> GuidanceLosses:
     """The losses of a scored pass. With a cache (InitNO+), the cache is updated first, as the official
-    `fn_augmented_compute_losss` does on every call; the conflict loss is not gated here (§7)."""
+    `fn_augmented_compute_losss` does on every call; the conflict loss is not gated here (docs/method.md)."""
     zero = scored.cross.new_zeros(())
     if cache is None:
         return GuidanceLosses(scored.cross, zero, zero, zero)

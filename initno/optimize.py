@@ -1,4 +1,4 @@
-"""Initial noise optimisation (`initno-method.md` §5–§6): rounds of Adam on a shift and scale of the
+"""Initial noise optimisation (docs/method.md): rounds of Adam on a shift and scale of the
 noise, kept inside a KL ball around N(0, I), with restarts and a fallback run.
 
 The official control flow is followed step for step, with three deliberate fixes (each marked "Fix:"
@@ -105,7 +105,7 @@ class ImageResult:
 class _RunState:
     """A run's state before the pass of step `step`: enough to continue it exactly.
 
-    The fallback re-runs the best round from its start noise with a fresh optimiser (§6.2), so its
+    The fallback re-runs the best round from its start noise with a fresh optimiser (as officially), so its
     first steps repeat that round's bit for bit; it continues from the round's last step instead."""
 
     step: int
@@ -251,7 +251,7 @@ class _ImageOptimiser:
         optimizer.zero_grad(set_to_none=True)
 
     def _project(self, optimizer, log_var, mu) -> None:
-        """Adam steps on the KL alone, sharing the optimiser's moments, until KL <= bound (§5)."""
+        """Adam steps on the KL alone, sharing the optimiser's moments, until KL <= bound (docs/method.md)."""
         bound = self.params.kl_bound
         # Fix: bounded (the official `while` loop can spin without end); a scale-back guarantees the
         # bound if the steps run out.
@@ -278,7 +278,7 @@ class _ImageOptimiser:
         fallback = False
         if chosen is None and rounds and not self.cancelled:
             # Fix: only reached when no round succeeded; the official sort could rank a failed round
-            # above the successful one and throw the success away (§6.2).
+            # above the successful one and throw the success away (docs/method.md: Rounds and fallback).
             best_round = min(rounds, key=lambda c: (c.scores.rank, c.round))
             if p.fallback_steps > 0:
                 fallback = True

@@ -1,4 +1,4 @@
-"""The knobs of the method, with the official values as defaults (`initno-method.md` §5, §6, §8).
+"""The knobs of the method, with the official values as defaults (docs/method.md, "Official defaults").
 
 `InitNOParams` is the one source for the engine's settings; the WebUI builds its controls, API
 validation, infotext keys and X/Y/Z axes from `PARAMETERS`.

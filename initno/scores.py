@@ -1,6 +1,6 @@
 """The InitNO scores, numerically as the official implementation computes them.
 
-Reference: `initno-method.md` §3 (preprocessing, smoothing) and §4 (losses). Everything here is a pure
+Reference: docs/method.md, "Preprocessing and smoothing" and "Scores". Everything here is a pure
 function of attention maps; the maps come from `initno.attention`.
 
 Shapes: a cross-attention map is (h, w, T) with T context positions (77 per prompt chunk); subject maps
@@ -21,13 +21,13 @@ CHUNK_LENGTH = 77
 
 TOKEN_SOFTMAX_SCALE = 100.0
 CONFLICT_GATE = 0.5
-"""While the response loss is above this, the conflict loss is switched off (§4.4)."""
+"""While the response loss is above this, the conflict loss is switched off (docs/method.md: Scores)."""
 CONFLICT_EPSILON = 1e-6
 
 
 def _smoothing_kernel() -> torch.Tensor:
     # The official kernel inherits Attend-and-Excite's formula exp(-((x - mean) / (2 sigma))^2) with
-    # kernel size 3 and sigma 0.5: not a textbook Gaussian, and kept so the numbers match (§3).
+    # kernel size 3 and sigma 0.5: not a textbook Gaussian, and kept so the numbers match (docs/method.md).
     size, sigma = 3, 0.5
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     weights = torch.exp(-((x / (2 * sigma)) ** 2))
@@ -89,7 +89,7 @@ def smooth(maps: torch.Tensor) -> torch.Tensor:
 
 
 def response_loss(smoothed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-attention response loss max_y max(0, 1 - max S_y) and each subject's peak (§4.1).
+    """Cross-attention response loss max_y max(0, 1 - max S_y) and each subject's peak (docs/method.md: Scores).
 
     Returns the loss and the flat index of each map's peak. The peak location is chosen on detached
     values (no gradient through the choice); the gradient flows through the peak value.
@@ -158,7 +158,7 @@ def connected_region(mask: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 def clean_loss(smoothed: torch.Tensor, peaks: torch.Tensor) -> torch.Tensor:
-    """The official "clean" loss (§4.2): penalises attention outside the subject's main blob.
+    """The official "clean" loss (docs/method.md: Scores): penalises attention outside the subject's main blob.
 
     Per subject: the Otsu mask, reduced to the 4-connected blob holding the peak; if the strongest
     pixel outside the blob beats the weakest pixel inside it, that outside value is added. Summed over
@@ -175,7 +175,7 @@ def clean_loss(smoothed: torch.Tensor, peaks: torch.Tensor) -> torch.Tensor:
 
 
 def conflict_loss(smoothed_self: torch.Tensor) -> torch.Tensor:
-    """Self-attention conflict loss (§4.3): mean over subject pairs of sum(min) / sum(a + b).
+    """Self-attention conflict loss (docs/method.md: Scores): mean over subject pairs of sum(min) / sum(a + b).
 
     `smoothed_self` is (N, h, w): each subject's smoothed self-attention row at its cross-attention
     peak. Disjoint regions give 0, identical ones 0.5. Zero for fewer than two subjects.
@@ -193,7 +193,7 @@ def conflict_loss(smoothed_self: torch.Tensor) -> torch.Tensor:
 
 
 def kl_divergence(log_var: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
-    """Element-mean KL of N(mu, exp(log_var)) to N(0, 1) (§5)."""
+    """Element-mean KL of N(mu, exp(log_var)) to N(0, 1) (docs/method.md: Noise optimisation)."""
     return (-0.5 * (1 + log_var - mu.pow(2) - log_var.exp())).mean()
 
 
@@ -222,7 +222,7 @@ class Scores:
 
     @property
     def rank(self) -> float:
-        """The official candidate score: cross + conflict, plus 1 when the conflict term is zero (§6.1)."""
+        """The official candidate score: cross + conflict, plus 1 when the conflict term is zero (docs/method.md)."""
         penalty = 1.0 if self.conflict <= CONFLICT_EPSILON else 0.0
         return self.cross + self.conflict + penalty
 
@@ -244,7 +244,7 @@ def evaluate_attention(
     subjects: Sequence[Sequence[int]],
     positions: Sequence[int] | None = None,
 ) -> Evaluation:
-    """All scores of one pass (§4): response, clean, gated conflict, and their joint loss.
+    """All scores of one pass (docs/method.md: Scores): response, clean, gated conflict, and their joint loss.
 
     `cross_attention` is (h, w, T), averaged over layers and heads. `self_attention_rows(peaks)` returns
     the averaged self-attention rows (N, h, w) at the given flat pixel indices; it is a callable so that
