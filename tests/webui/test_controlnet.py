@@ -14,27 +14,11 @@ from controlnet_standin import POSITIVE_MARK_TOKEN, ControlNetScript, ControlNet
 from modules import infotext_utils, shared
 from modules.sd_models_xl import StandInSDXLModel
 
-from initno import optimize as optimize_module
-from initno.webui import job as job_module
 from initno.webui import passes
 
 QUICK = {"enabled": True, "subjects": "cat, dog", "max_rounds": 2, "steps_per_round": 2, "fallback_steps": 2}
 SIZE = {"width": 128, "height": 128}
 HINT = torch.linspace(0, 1, 3 * 128 * 128).reshape(1, 3, 128, 128)  # the unit's control image
-
-
-@pytest.fixture
-def calls(monkeypatch):
-    seen = []
-    real = optimize_module.optimize_noise
-
-    def spy(denoiser, requests, params, **kwargs):
-        results = real(denoiser, requests, params, **kwargs)
-        seen.append((requests, results))
-        return results
-
-    monkeypatch.setattr(job_module, "optimize_noise", spy)
-    return seen
 
 
 @pytest.fixture
@@ -73,12 +57,12 @@ def with_model(model):
         shared.sd_model = previous
 
 
-def test_initno_runs_with_a_unit_enabled_and_reads_the_controlled_model(webui, controlnet, calls):
+def test_initno_runs_with_a_unit_enabled_and_reads_the_controlled_model(webui, controlnet, optimisations):
     prompts = ["a cat and a dog", "a dog and a cat"]
     webui.txt2img(QUICK, prompt=prompts, batch_size=2, **SIZE)  # without ControlNet: the reference
     controlnet.units = [ControlNetUnit(weight=1.0, hint=HINT)]
     controlled = webui.txt2img(QUICK, prompt=prompts, batch_size=2, **SIZE)
-    (plain_requests, plain_results), (requests, results) = calls
+    (plain_requests, plain_results), (requests, results) = optimisations
     for index in range(2):
         assert _status(controlled, index).startswith(("valid", "not valid"))  # not skipped
         cond, plain_cond = requests[index].cond, plain_requests[index].cond
@@ -101,28 +85,28 @@ def test_initno_runs_with_a_unit_enabled_and_reads_the_controlled_model(webui, c
     assert_nothing_of_initno_left(webui.model.model.diffusion_model)
 
 
-def test_a_zero_weight_unit_gives_exactly_the_result_without_controlnet(webui, controlnet, calls, monkeypatch):
+def test_a_zero_weight_unit_gives_exactly_the_result_without_controlnet(webui, controlnet, optimisations, monkeypatch):
     """With the residuals at zero the controlled UNet computes what the plain one does: InitNO must then
     find the same noise, bit for bit. That needs the marker handled and the gradients through the blocks
     ControlNet runs under `no_grad`: without the latter the noise moves differently."""
     webui.txt2img(QUICK, **SIZE)
     controlnet.units = [ControlNetUnit(weight=0.0, hint=HINT)]
     webui.txt2img(QUICK, **SIZE)
-    (_, (plain,)), (_, (controlled,)) = calls
+    (_, (plain,)), (_, (controlled,)) = optimisations
     assert controlled.trace == plain.trace
     assert torch.equal(controlled.latent, plain.latent)
     monkeypatch.setattr(passes, "gradients_through_blocks", lambda unet: contextlib.nullcontext())
     webui.txt2img(QUICK, **SIZE)
-    (_, (without_encoder_gradients,)) = calls[2]
+    (_, (without_encoder_gradients,)) = optimisations[2]
     assert without_encoder_gradients.trace[0] == plain.trace[0]  # the same first pass
     assert not torch.equal(without_encoder_gradients.latent, plain.latent)  # a different gradient
     assert_nothing_of_initno_left(webui.model.model.diffusion_model)
 
 
-def test_and_parts_keep_one_marker_in_front(webui, controlnet, calls):
+def test_and_parts_keep_one_marker_in_front(webui, controlnet, optimisations):
     controlnet.units = [ControlNetUnit(weight=1.0, hint=HINT)]
     processed = webui.txt2img(QUICK, prompt="a cat AND a dog", **SIZE)
-    ((request,), _) = calls[0]
+    ((request,), _) = optimisations[0]
     assert _status(processed).startswith(("valid", "not valid"))
     assert request.cond.shape == (1, 1 + 2 * 77, 32)
     assert torch.all(request.cond[0, 0] == POSITIVE_MARK_TOKEN)
@@ -136,11 +120,11 @@ def sdxl_model():
     return StandInSDXLModel()
 
 
-def test_sdxl_marks_the_crossattn_of_its_conditioning_dict(webui, controlnet, calls, sdxl_model):
+def test_sdxl_marks_the_crossattn_of_its_conditioning_dict(webui, controlnet, optimisations, sdxl_model):
     controlnet.units = [ControlNetUnit(weight=1.0, hint=HINT)]
     with with_model(sdxl_model):
         processed = webui.txt2img({**QUICK, "max_rounds": 1}, **SIZE)
-    ((request,), _) = calls[0]
+    ((request,), _) = optimisations[0]
     assert _status(processed).startswith(("valid", "not valid"))
     assert request.cond["crossattn"].shape == (1, 78, 2048)
     assert torch.all(request.cond["crossattn"][0, 0] == POSITIVE_MARK_TOKEN)
