@@ -24,13 +24,14 @@ def _eval(args) -> int:
     from .miniature import evaluate
     from .miniature.model import Miniature
 
-    split = evaluate.SPLITS[args.split]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    # bad values fail now, not after the model has loaded
+    settings = evaluate.EvalSettings.from_assignments(args.set or [], args.n, not args.fp32_sampling)
+    evaluate.check_methods(methods)
+    model = Miniature.load(args.weights or args.model)
+    split = evaluate.splits_of(model)[args.split]
     prompts = evaluate.read_prompts(args.prompts) if args.prompts else list(split.prompts)
     seeds = evaluate.parse_seeds(args.seeds) if args.seeds else list(split.seeds)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    settings = evaluate.EvalSettings.from_assignments(args.set or [], args.n)  # bad values fail now, not later
-    evaluate.check_methods(methods)
-    model = Miniature.load(args.weights) if args.weights else Miniature.load()
     log = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
     began = time.perf_counter()
     benchmark = evaluate.Benchmark(model, settings, log)
@@ -45,8 +46,9 @@ def _eval(args) -> int:
         print(json.dumps(report))
     else:
         source = f"{args.split} split" if not (args.prompts or args.seeds) else "chosen prompts/seeds"
-        print(f"{len(prompts)} prompts × {len(seeds)} seeds ({source}), DDIM {evaluate.STEPS} steps, "
-              f"guidance {evaluate.GUIDANCE}; {minutes:.1f} min")  # fmt: skip
+        precision = "bf16" if settings.bf16_sampling else "fp32"
+        print(f"{model.design.name}: {len(prompts)} prompts × {len(seeds)} seeds ({source}), DDIM {evaluate.STEPS} "
+              f"steps ({precision}), guidance {evaluate.GUIDANCE}; {minutes:.1f} min")  # fmt: skip
         if benchmark.thresholds:
             print(f"thresholds: cross {benchmark.thresholds.cross:.3f}, conflict {benchmark.thresholds.conflict:.3f} "
                   f"({benchmark.thresholds.source})")  # fmt: skip
@@ -65,14 +67,14 @@ def _study(args) -> int:
     from .miniature import evaluate, study
     from .miniature.model import Miniature
 
-    split = evaluate.SPLITS["study"]
-    seeds = evaluate.parse_seeds(args.seeds) if args.seeds else list(split.seeds)
     output = Path(args.output)
     if args.replay:
         records = json.loads(output.read_text())
     else:
-        model = Miniature.load(args.weights) if args.weights else Miniature.load()
-        world_ = evaluate.Miniworld(model)
+        model = Miniature.load(args.weights or args.model)
+        split = evaluate.splits_of(model)["study"]
+        seeds = evaluate.parse_seeds(args.seeds) if args.seeds else list(split.seeds)
+        world_ = evaluate.Miniworld(model, bf16_sampling=not args.fp32_sampling)
         log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
         records = study.collect(world_, split.prompts, seeds, args.candidates, log=log)
         study.write(output, records)
@@ -102,6 +104,16 @@ def _tokens(args) -> int:
     return 0
 
 
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    from .miniature.model import DEFAULT_DESIGN, DESIGNS
+
+    parser.add_argument("--model", choices=list(DESIGNS), default=DEFAULT_DESIGN, help="which shipped miniature")
+    parser.add_argument("--weights", default=None, help="a miniature weights file instead (its design is inside)")
+    parser.add_argument(
+        "--fp32-sampling", action="store_true", help="sample the images in float32 (the protocol before bf16)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m initno", description="InitNO: initial noise optimisation.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -124,10 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     evaluation.add_argument("--prompts", default=None, help="a file, one prompt per line (instead of the split's)")
     evaluation.add_argument("--seeds", default=None, help="e.g. 0-7 or 1,5,9 (instead of the split's)")
     evaluation.add_argument(
-        "--methods", default="plain,best-of-n,fast", help="comma-separated, any of " + ", ".join(EVAL_METHODS)
+        "--methods", default="plain,best-of-n,lookahead", help="comma-separated, any of " + ", ".join(EVAL_METHODS)
     )
-    evaluation.add_argument("--n", type=int, default=None, help="best-of-n's n (default: fast's mean passes)")
-    evaluation.add_argument("--weights", default=None, help="miniature weights (default: the shipped ones)")
+    evaluation.add_argument("--n", type=int, default=None, help="best-of-n's n (default: equal passes to lookahead)")
+    _model_arguments(evaluation)
     evaluation.add_argument(
         "--set",
         action="append",
@@ -142,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     studying = commands.add_parser("study", help="which first-pass scores predict a good image (study split only)")
     studying.add_argument("--seeds", default="0-11", help="seeds of the study split to use")
     studying.add_argument("--candidates", type=int, default=8, help="noises per seed, each scored and sampled")
-    studying.add_argument("--weights", default=None, help="miniature weights (default: the shipped ones)")
+    _model_arguments(studying)
     studying.add_argument("--output", default="outputs/initno-study.json", help="every noise's scores and verdict")
     studying.add_argument("--replay", action="store_true", help="print the table from --output without sampling")
 

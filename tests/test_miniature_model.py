@@ -117,3 +117,30 @@ def test_the_benchmark_runs_with_changed_parameters_and_says_so(tmp_path):
         "max_rounds": 1, "steps_per_round": 2, "fallback_steps": 0, "candidates": 3, "polish_steps": 0
     }  # fmt: skip
     assert [row["passes"] for row in report["rows"]] == [2, 3]
+
+
+def test_each_design_builds_saves_and_loads_as_itself(tmp_path):
+    """The second miniature reads 16×16 maps (its 64×64 input, 1/4) at SD1's blocks; a weights file
+    carries its design, and the pixels round-trip exactly through each design's model space."""
+    from initno.attention import capture_grid
+    from initno.miniature import world
+    from initno.miniature.evaluate import splits_of
+    from initno.miniature.model import DESIGNS
+
+    images, _ = world.training_batch(0, 2)
+    for name, design in DESIGNS.items():
+        assert (design.to_pixels(design.to_model_space(images)) == images).all()
+        model = Miniature.build(design=name)
+        model.save(tmp_path / f"{name}.safetensors")
+        loaded = Miniature.load(tmp_path / f"{name}.safetensors")
+        assert loaded.design is design
+        assert torch.equal(loaded.unet.out[2].weight, model.unet.out[2].weight)
+    sixteen = DESIGNS["miniature-16"]
+    assert capture_grid((sixteen.unet["image_size"],) * 2, 4) == (16, 16)
+    second, first = Miniature.build(design="miniature-16"), Miniature.build()
+    (comma,) = first.tokenizer.encode(",")
+    assert comma in second.text_encoder.token_ids.tolist() and comma not in first.text_encoder.token_ids.tolist()
+    split = splits_of(second)["confirm"]
+    assert len(split.prompts) * len(split.seeds) == 640 and sum("," in p for p in split.prompts) == 10
+    with pytest.raises(ValueError, match="unknown miniature 'nope'; miniatures: miniature, miniature-16"):
+        Miniature.build(design="nope")

@@ -97,3 +97,36 @@ def test_detector_accuracy_on_held_out_renders():
     for condition in ("clean", "degraded"):
         assert figures[condition]["accuracy"] >= 0.98, figures
         assert figures[condition]["fused_false_alarms"] == 0
+
+
+def test_the_first_miniatures_training_set_is_unchanged_by_triples():
+    """Without triples the draws are the ones the shipped weights were trained on (their record)."""
+    _, captions = world.training_batch(7, 16)
+    _, same = world.training_batch(7, 16, triple_share=0.0)
+    assert captions == same and not any("," in c for c in captions)
+    assert sum(len(world.parse_caption(c)) == 3 for c in world.training_batch(7, 64, 0.25)[1]) > 5
+
+
+def test_held_out_triples_hold_two_held_out_pairs_and_never_appear_in_training():
+    held_pairs = {frozenset(pair) for pair in world.HELD_OUT_PAIRS}
+    triples = {frozenset(t) for t in world.HELD_OUT_TRIPLES}
+    assert len(triples) == 20
+    for triple in world.HELD_OUT_TRIPLES:
+        colours, shapes = {s.colour for s in triple}, {s.shape for s in triple}
+        assert len(colours) == 3 and len(shapes) == 3
+        assert sum(frozenset(p) in held_pairs for p in [(triple[0], triple[1]), (triple[1], triple[2])]) == 2
+    rng = np.random.Generator(np.random.PCG64(3))
+    seen = set()
+    for _ in range(3000):
+        subjects = world.parse_caption(world.training_scene(rng, triple_share=0.3).caption)
+        if len(subjects) == 3:
+            seen.add(frozenset(subjects))
+            assert not any(frozenset((a, b)) in held_pairs for a in subjects for b in subjects if a != b)
+    assert not seen & triples and len(seen) > 100
+
+
+def test_a_triple_caption_names_its_three_subjects():
+    triple = world.HELD_OUT_TRIPLES[0]
+    for template in world.TRIPLE_TEMPLATES:
+        assert world.parse_caption(world.caption(triple, template)) == list(triple)
+    assert world.triple_prompts()[0] == "a red circle, a yellow square and a green triangle"

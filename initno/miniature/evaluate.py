@@ -1,10 +1,11 @@
 """The subject-presence benchmark on the miniature: `python -m initno eval`.
 
 Protocol (fixed before the methods were measured with it): prompts "a <colour> <shape> and a <colour>
-<shape>" from the held-out pairs, split into a study half (where anything is chosen) and a confirm half
-(where claims are reported; `Split`); DDIM 50 steps, guidance 7.5; the two shape words as subjects (the
-nouns, as Attend-and-Excite's prompts name them). For each prompt and seed the same initial noise
-(`torch.randn` of a CPU generator seeded with the seed) goes to every method:
+<shape>" from the held-out pairs (and, on the three-subject miniature, the held-out triples), split into a
+study half (where anything is chosen) and a confirm half (where claims are reported; `Split`); DDIM 50
+steps, guidance 7.5; the shape words as subjects (the nouns, as Attend-and-Excite's prompts name them).
+For each prompt and seed the same initial noise (`torch.randn` of a CPU generator seeded with the seed)
+goes to every method:
 - plain: as it is;
 - best-of-n: n candidates (the seed's noise and the restarts InitNO draws) scored once each, the best
   kept, no optimisation; n defaults to the mean UNet passes of `lookahead` or else `fast` in the same run
@@ -14,7 +15,10 @@ nouns, as Attend-and-Excite's prompts name them). For each prompt and seed the s
   (`initno.calibration`, on training-pair prompts, never the evaluated ones);
 - initno: the official InitNO (`initno.optimize`), one image at a time;
 - ae: the seed's noise with Attend-and-Excite's guidance during sampling;
-- initno+ / fast+: InitNO's / fast's noise with InitNO+'s guidance during sampling.
+- initno+ / fast+ / lookahead+: InitNO's / fast's / lookahead's noise with InitNO+'s guidance during
+  sampling.
+The images are sampled under bf16 autocast (fixed before the lookahead default was measured; the methods'
+own passes stay float32); `--fp32-sampling` gives the protocol of the earlier tables.
 The detector (`detect`) judges every image. Seeds of one prompt share UNet calls (batches); an image's
 result does not depend on its neighbours. Each row has a Wilson 95 % interval, and each method is compared
 with plain and with best-of-n on the same (prompt, seed) pairs: exact McNemar test and a bootstrap over
@@ -46,7 +50,7 @@ from ..selection import (
     select_by_lookahead,
 )
 from . import EVAL_METHODS, detect, stats, world
-from .model import Miniature, fused_attention, to_pixels
+from .model import Miniature, fused_attention
 from .sampling import GUIDANCE, STEPS, ddim_timesteps, first_timestep, sample
 
 DEFAULT_SEEDS = range(0, 8)
@@ -65,6 +69,17 @@ class Split:
 STUDY = Split(tuple(world.evaluation_prompts()[0::2]), tuple(range(0, 32)))
 CONFIRM = Split(tuple(world.evaluation_prompts()[1::2]), tuple(range(10_000, 10_064)))
 SPLITS = {"study": STUDY, "confirm": CONFIRM}
+# The three-subject miniature: the same halves of the pairs plus the same halves of the triples, with
+# half the seeds, so a split has as many images as on the first miniature (study 320, confirm 640).
+STUDY_3 = Split(STUDY.prompts + tuple(world.triple_prompts()[0::2]), tuple(range(0, 16)))
+CONFIRM_3 = Split(CONFIRM.prompts + tuple(world.triple_prompts()[1::2]), tuple(range(10_000, 10_032)))
+
+
+def splits_of(model: Miniature) -> dict[str, Split]:
+    """The study and confirm splits for this miniature (with triples where it was trained on them)."""
+    return {"study": STUDY_3, "confirm": CONFIRM_3} if model.design.triple_share else SPLITS
+
+
 METHODS = EVAL_METHODS
 
 
@@ -72,9 +87,9 @@ def initial_noise(seed: int, shape: Sequence[int]) -> torch.Tensor:
     return torch.randn(tuple(shape), generator=torch.Generator().manual_seed(seed))
 
 
-GUIDED = {"ae": "ae", "initno+": "initno+", "fast+": "initno+"}
+GUIDED = {"ae": "ae", "initno+": "initno+", "fast+": "initno+", "lookahead+": "initno+"}
 """Methods that guide the sampling, and with which guidance."""
-NOISE_OF = {"plain": "plain", "ae": "plain", "initno+": "initno", "fast+": "fast"}
+NOISE_OF = {"plain": "plain", "ae": "plain", "initno+": "initno", "fast+": "fast", "lookahead+": "lookahead"}
 """Methods whose initial noise is another method's."""
 CALIBRATION_PROMPTS = tuple(world.pair_caption(a, b) for a, b in world.TRAINING_PAIRS[::13][:8])
 """Two-subject prompts of pairs the model was trained on: a calibration never sees the evaluated prompts."""
@@ -91,9 +106,13 @@ class EvalSettings:
     quantile: float = calibration.QUANTILE
     n: int | None = None
     lookahead: LookaheadParams = field(default_factory=LookaheadParams)
+    bf16_sampling: bool = True
+    """The protocol since the lookahead default (issue 19): sampling under bf16 autocast (`Miniworld`)."""
 
     @classmethod
-    def from_assignments(cls, assignments: Sequence[str], n: int | None = None) -> EvalSettings:
+    def from_assignments(
+        cls, assignments: Sequence[str], n: int | None = None, bf16_sampling: bool = True
+    ) -> EvalSettings:
         """`NAME=VALUE` for any field of InitNOParams or SelectionParams, or `quantile`; validated."""
         initno_names = {f.name for f in dataclasses.fields(InitNOParams)}
         selection_names = {f.name for f in dataclasses.fields(SelectionParams)}
@@ -135,6 +154,7 @@ class EvalSettings:
             quantile,
             n,
             LookaheadParams(**lookahead),
+            bf16_sampling,
         )
 
     def changed(self) -> dict:
@@ -151,6 +171,8 @@ class EvalSettings:
             changes["quantile"] = self.quantile
         if self.n is not None:
             changes["n"] = self.n
+        if not self.bf16_sampling:
+            changes["bf16_sampling"] = False
         return changes
 
 
@@ -208,6 +230,10 @@ class Miniworld:
     model: Miniature
     steps: int = STEPS
     guidance: float = GUIDANCE
+    bf16_sampling: bool = False
+    """The images' sampler runs its UNet passes under bf16 autocast (CPUs with bf16 units: about 1.7×
+    faster; the eval's protocol). The methods' own passes (scores, optimisation, lookahead, guidance) stay
+    in float32."""
 
     def __post_init__(self):
         self.uncond = self.model.encode([""])
@@ -259,7 +285,7 @@ class Miniworld:
             return np.concatenate([self.sample(latents[i : i + batch], cond) for i in range(0, len(latents), batch)])
         with fused_attention(self.model.unet):
             x0 = sample(
-                self.model.apply,
+                self._sampling_apply,
                 latents,
                 cond.expand(len(latents), -1, -1),
                 self.uncond,
@@ -268,14 +294,18 @@ class Miniworld:
                 guides=[g.guide for g in guides] if guides else None,
                 observe=observe,
             )
-        return to_pixels(x0)
+        return self.model.design.to_pixels(x0)
+
+    def _sampling_apply(self, latent, timesteps, cond):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16_sampling):
+            return self.model.apply(latent, timesteps, cond).float()
 
 
 class Benchmark:
     """One run: every method over every prompt and seed (method by method, seeds batched)."""
 
     def __init__(self, model: Miniature, settings: EvalSettings, log=None):
-        self.world = Miniworld(model)
+        self.world = Miniworld(model, bf16_sampling=settings.bf16_sampling)
         self.settings = settings
         self.log = log or (lambda line: None)
         self.thresholds: Thresholds | None = None

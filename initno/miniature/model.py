@@ -5,13 +5,14 @@ on a small causal text encoder over CLIP's BPE tokens with CLIP's 77 positions.
   tokens, end token, padded with the end token to 77), so a subject sits at the same position as in the
   WebUI. The encoder knows the few dozen token ids of its world; any other id shares one "unknown" row.
 - Pixel space, made SD-like by a fixed, exactly invertible transform: the 64×64 RGB image in [-1, 1],
-  scaled by `DATA_SCALE` (so the data has about unit variance, as SD's scaled latents) and folded into a
-  12×32×32 tensor by `pixel_unshuffle` (each 2×2 block of pixels becomes 12 channels), as SD's VAE folds
-  8×8 blocks into 4 channels. The UNet thus works at 32×32 and InitNO reads its 8×8 level (1/4).
+  scaled by `DATA_SCALE` (so the data has about unit variance, as SD's scaled latents), then (the first
+  miniature) folded into a 12×32×32 tensor by `pixel_unshuffle`, as SD's VAE folds 8×8 blocks into 4
+  channels, or (`miniature-16`) given to the UNet as it is, 3×64×64. InitNO reads the 1/4 level: 8×8 maps
+  on the first, 16×16 (SD1's at 512²) on the second. `Design` holds what differs.
 - UNet: SD1's levels and attention placement at 1/4 width per head-count: 4 levels, 2 res blocks each,
-  transformers at 1/2 and 1/4 of the input (SD1 also has them at full size; dropped to fit CPU training),
-  none at the deepest level but in the middle block. So the blocks InitNO reads are SD1's own:
-  `input_blocks.7/8`, `output_blocks.3/4/5`.
+  transformers at some of SD1's places (none at full size, dropped to fit CPU training), none at the
+  deepest level but in the middle block. So the blocks InitNO reads are SD1's own: `input_blocks.7/8`,
+  `output_blocks.3/4/5`.
 - eps-prediction on SD's scaled-linear schedule (β from 0.00085 to 0.012, 1000 steps).
 """
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import types
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,21 +33,15 @@ from torch import nn
 from ..clip_bpe import ClipTokenizer
 from ..scores import CHUNK_LENGTH
 from ..tiny import require_ldm
-from . import WEIGHTS, world
+from . import WEIGHTS, WEIGHTS_SHA256, world
 
 DATA_SCALE = 4.0
 """The renders' standard deviation in [-1, 1] is 0.23; ×4 gives about unit variance, like SD's latents."""
-FOLD = 2
-"""`pixel_unshuffle` factor: 64×64×3 pixels <-> 32×32×12 model space."""
 TRAIN_TIMESTEPS = 1000
 BETA_START, BETA_END = 0.00085, 0.012
-
-UNET_CONFIG = {
-    "image_size": world.IMAGE_SIZE // FOLD,
-    "in_channels": 3 * FOLD * FOLD,
-    "out_channels": 3 * FOLD * FOLD,
+TEXT_CONFIG = {"width": 64, "layers": 2, "heads": 4}
+_UNET_COMMON = {
     "model_channels": 32,
-    "attention_resolutions": [4, 2],
     "num_res_blocks": 2,
     "channel_mult": [1, 2, 2, 2],
     "num_heads": 2,
@@ -56,14 +51,83 @@ UNET_CONFIG = {
     "use_checkpoint": False,
     "legacy": False,
 }
-TEXT_CONFIG = {"width": 64, "layers": 2, "heads": 4}
 
 
-def world_vocabulary(tokenizer: ClipTokenizer) -> list[int]:
+@dataclass(frozen=True)
+class Design:
+    """What tells one miniature from another: its UNet, how pixels map to its input, its world's captions
+    and how it was trained (the defaults of `python -m initno train --model NAME`)."""
+
+    name: str
+    unet: dict
+    fold: int
+    """`pixel_unshuffle` factor: 64×64×3 pixels <-> (64/fold)²×(3·fold²) model space."""
+    triple_share: float
+    """Share of training images with three subjects (their captions use a comma)."""
+    weights_sha256: str
+    training: dict
+    """`train` defaults: batch, steps, bf16 (autocast on CPUs with bf16 units: about 1.6× faster)."""
+
+    @property
+    def weights(self) -> Path:
+        return WEIGHTS.with_name(f"{self.name}.safetensors")
+
+    @property
+    def words(self) -> list[str]:
+        return ["a", "and", "next", "to", "with", *([","] if self.triple_share else []), *world.COLOURS, *world.SHAPES]
+
+    def to_model_space(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(N, H, W, 3) uint8 images -> (N, 3·fold², H/fold, W/fold) float32, exactly invertible."""
+        pixels = torch.as_tensor(np.asarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        return F.pixel_unshuffle(pixels * DATA_SCALE, self.fold)
+
+    def to_pixels(self, x: torch.Tensor) -> np.ndarray:
+        """Model space -> (N, H, W, 3) uint8 (clipped to the image range)."""
+        pixels = F.pixel_shuffle(x.detach().float().cpu(), self.fold) / DATA_SCALE
+        return ((pixels.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+DESIGNS = {
+    d.name: d
+    for d in (
+        # The first: 64×64 pixels folded 2× to 32×32×12 (as SD's VAE folds 8×8 blocks into 4 channels);
+        # attention at 1/2 and 1/4, so InitNO reads 8×8 maps. Pairs only.
+        Design(
+            "miniature",
+            {"image_size": 32, "in_channels": 12, "out_channels": 12, "attention_resolutions": [4, 2], **_UNET_COMMON},
+            fold=2,
+            triple_share=0.0,
+            weights_sha256=WEIGHTS_SHA256,
+            training={"batch": 64, "steps": 4000, "bf16": False},
+        ),
+        # The second, closer to SD1 at 512²: the 64×64×3 pixels are the UNet's input unfolded, so the 1/4
+        # level is 16×16 (256 positions, SD1's `input_blocks.7/8`, `output_blocks.3/4/5`); attention only
+        # there and in the middle block (at 1/2 too would double training time); three-subject scenes.
+        Design(
+            "miniature-16",
+            {"image_size": 64, "in_channels": 3, "out_channels": 3, "attention_resolutions": [4], **_UNET_COMMON},
+            fold=1,
+            triple_share=0.25,
+            weights_sha256="",
+            training={"batch": 32, "steps": 5000, "bf16": True},
+        ),
+    )
+}
+DEFAULT_DESIGN = "miniature"
+
+
+def design_of(name: str) -> Design:
+    """The miniature called `name`; ValueError naming the known ones otherwise."""
+    try:
+        return DESIGNS[name]
+    except KeyError:
+        raise ValueError(f"unknown miniature {name!r}; miniatures: {', '.join(DESIGNS)}") from None
+
+
+def world_vocabulary(tokenizer: ClipTokenizer, words: Sequence[str] | None = None) -> list[int]:
     """The CLIP ids of every word the world's captions use, plus the start and end tokens."""
-    words = ["a", "and", "next", "to", "with", *world.COLOURS, *world.SHAPES]
     ids = {tokenizer.start_id, tokenizer.end_id}
-    for word in words:
+    for word in words or DESIGNS[DEFAULT_DESIGN].words:
         ids.update(tokenizer.encode(word))
     return sorted(ids)
 
@@ -137,18 +201,6 @@ def alphas_cumprod() -> torch.Tensor:
     return torch.cumprod(1 - betas, dim=0)
 
 
-def to_model_space(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """(N, H, W, 3) uint8 images -> (N, 12, H/2, W/2) float32, exactly invertible by `to_pixels`."""
-    pixels = torch.as_tensor(np.asarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return F.pixel_unshuffle(pixels * DATA_SCALE, FOLD)
-
-
-def to_pixels(x: torch.Tensor) -> np.ndarray:
-    """Model space -> (N, H, W, 3) uint8 (clipped to the image range)."""
-    pixels = F.pixel_shuffle(x.detach().float().cpu(), FOLD) / DATA_SCALE
-    return ((pixels.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
 @dataclass
 class Miniature:
     """The model: text encoder, UNet, and the tokenizer that feeds them."""
@@ -156,25 +208,30 @@ class Miniature:
     text_encoder: TextEncoder
     unet: nn.Module
     tokenizer: ClipTokenizer
+    design: Design = DESIGNS[DEFAULT_DESIGN]
 
     @classmethod
-    def build(cls, seed: int = 0, tokenizer: ClipTokenizer | None = None) -> Miniature:
+    def build(cls, seed: int = 0, tokenizer: ClipTokenizer | None = None, design: str = DEFAULT_DESIGN) -> Miniature:
         """Fresh weights (ldm's own initialisation), reproducible from `seed`."""
-        tokenizer = tokenizer or ClipTokenizer()
+        tokenizer, chosen = tokenizer or ClipTokenizer(), design_of(design)
         unet_class = require_ldm()
         torch.manual_seed(seed)
-        unet = unet_class(**UNET_CONFIG)
-        text_encoder = TextEncoder(world_vocabulary(tokenizer), **TEXT_CONFIG)
-        return cls(text_encoder, unet, tokenizer)
+        unet = unet_class(**chosen.unet)
+        text_encoder = TextEncoder(world_vocabulary(tokenizer, chosen.words), **TEXT_CONFIG)
+        return cls(text_encoder, unet, tokenizer, chosen)
 
     @classmethod
-    def load(cls, path: Path | str = WEIGHTS, tokenizer: ClipTokenizer | None = None) -> Miniature:
+    def load(cls, source: Path | str = DEFAULT_DESIGN, tokenizer: ClipTokenizer | None = None) -> Miniature:
+        """A miniature by name (its shipped weights) or from a weights file (its design is in the file)."""
+        from safetensors import safe_open
         from safetensors.torch import load_file
 
-        path = Path(path)
+        path = design_of(str(source)).weights if str(source) in DESIGNS else Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"no miniature weights at {path}; train them with `python -m initno train`")
-        model = cls.build(tokenizer=tokenizer)
+        with safe_open(str(path), "pt") as handle:
+            design = (handle.metadata() or {}).get("design", DEFAULT_DESIGN)
+        model = cls.build(tokenizer=tokenizer, design=design)
         state = load_file(path)
         model.unet.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("unet.")})
         model.text_encoder.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("text.")})
@@ -185,8 +242,10 @@ class Miniature:
 
         state = {f"unet.{k}": v for k, v in self.unet.state_dict().items()}
         state |= {f"text.{k}": v for k, v in self.text_encoder.state_dict().items()}
-        info = {"unet": json.dumps(UNET_CONFIG), "text": json.dumps(TEXT_CONFIG), **(metadata or {})}
-        save_file({k: v.detach().contiguous() for k, v in state.items()}, str(path), metadata=info)
+        info = {"unet": json.dumps(self.design.unet), "text": json.dumps(TEXT_CONFIG)}
+        if self.design.name != DEFAULT_DESIGN:  # the first miniature's file predates designs; keep its hash
+            info["design"] = self.design.name
+        save_file({k: v.detach().contiguous() for k, v in state.items()}, str(path), metadata=info | (metadata or {}))
 
     def eval(self) -> Miniature:
         self.unet.eval()

@@ -19,8 +19,6 @@ import math
 import time
 from pathlib import Path
 
-from . import WEIGHTS
-
 CAPTION_DROPOUT = 0.1
 WARMUP_STEPS = 100
 
@@ -41,19 +39,25 @@ def train(args) -> int:
     import torch.nn.functional as F
 
     from . import world
-    from .model import Miniature, alphas_cumprod, to_model_space, use_fused_attention
+    from .model import Miniature, alphas_cumprod, design_of, use_fused_attention
 
+    design = design_of(args.model)
+    for name, value in design.training.items():  # the design's defaults where the command line is silent
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    output = Path(args.output or design.weights)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model = Miniature.build(seed=args.seed)
+    model = Miniature.build(seed=args.seed, design=design.name)
     trained = [*model.unet.parameters(), *model.text_encoder.parameters()]
-    average = Miniature.build(seed=args.seed)  # the EMA copy, what ships
+    average = Miniature.build(seed=args.seed, design=design.name)  # the EMA copy, what ships
     average.eval()
     use_fused_attention(model.unet)
     optimizer = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.0)
     schedule = alphas_cumprod().float()
     generator = torch.Generator().manual_seed(args.seed)
-    checkpoint, log_path = Path(args.checkpoint), Path(args.log)
+    checkpoint = Path(args.checkpoint or f"outputs/{design.name}-train.pt")
+    log_path = Path(args.log or f"outputs/{design.name}-train-log.json")
     start, log = 0, []
     if args.resume and checkpoint.is_file():
         state = torch.load(checkpoint, weights_only=False)
@@ -69,20 +73,22 @@ def train(args) -> int:
     ids_of: dict[str, torch.Tensor] = {}
     began, window = time.time(), []
     for step in range(start, args.steps):
-        images, captions = world.training_batch(args.seed * 1_000_003 + step, args.batch)
+        images, captions = world.training_batch(args.seed * 1_000_003 + step, args.batch, design.triple_share)
         drop = torch.rand(len(captions), generator=generator) < CAPTION_DROPOUT
         captions = ["" if dropped else caption for caption, dropped in zip(captions, drop.tolist())]
         for caption in set(captions) - ids_of.keys():
             ids_of[caption] = model.token_ids([caption])[0]
-        x0 = to_model_space(images)
+        x0 = design.to_model_space(images)
         timesteps = torch.randint(0, len(schedule), (len(captions),), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
         signal = schedule[timesteps].view(-1, 1, 1, 1)
         noisy = signal.sqrt() * x0 + (1 - signal).sqrt() * noise
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(step, args.steps, args.lr)
-        context = model.text_encoder(torch.stack([ids_of[c] for c in captions]))
-        loss = F.mse_loss(model.unet(noisy, timesteps=timesteps, context=context), noise)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            context = model.text_encoder(torch.stack([ids_of[c] for c in captions]))
+            prediction = model.unet(noisy, timesteps=timesteps, context=context)
+        loss = F.mse_loss(prediction.float(), noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
@@ -111,24 +117,29 @@ def train(args) -> int:
                 },
                 checkpoint,
             )
-    output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k not in ("output", "checkpoint", "log", "resume")}
+    if design.name == "miniature":  # its record predates designs: the same metadata, the same file hash
+        settings = {k: v for k, v in settings.items() if k not in ("model", "bf16")}
     average.save(output, {"training": json.dumps(settings)})
     print(f"weights: {output} ({output.stat().st_size / 2**20:.1f} MiB), sha256 {sha256(output)}")
     return 0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--steps", type=int, default=4000)
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--model", default="miniature", help="which miniature (its design: initno.miniature.model)")
+    parser.add_argument("--steps", type=int, default=None, help="default: the design's")
+    parser.add_argument("--batch", type=int, default=None, help="default: the design's")
+    parser.add_argument(
+        "--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (default: the design's)"
+    )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the result depends on it)")
-    parser.add_argument("--output", default=str(WEIGHTS))
-    parser.add_argument("--checkpoint", default="outputs/miniature-train.pt", help="resumable training state")
-    parser.add_argument("--log", default="outputs/miniature-train-log.json", help="the loss curve, as JSON")
+    parser.add_argument("--output", default=None, help="default: the design's weights file")
+    parser.add_argument("--checkpoint", default=None, help="resumable training state (default: outputs/NAME-train.pt)")
+    parser.add_argument("--log", default=None, help="the loss curve, as JSON (default: outputs/NAME-train-log.json)")
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--save-every", type=int, default=250)
     parser.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")

@@ -10,11 +10,15 @@ evaluation prompts are the same on every machine.
 - `HELD_OUT_PAIRS`: 20 of the 120 possible pairs never appear together in training. They are the
   evaluation prompts: each subject was seen alone and beside other partners, never beside this one (the
   compositional case where SD neglects and fuses subjects). Each subject is in exactly two of them.
+- Three-object scenes (the second miniature only, `triple_share` > 0): "a red circle, a blue square and a
+  green cross". No training triple contains a held-out pair; `HELD_OUT_TRIPLES` (20, each made of two
+  held-out pairs) are the three-subject evaluation prompts.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +38,7 @@ SIZE_RANGE = (18.0, 30.0)
 GAP = 4.0
 """Least distance between two objects' bounding boxes, in pixels."""
 PAIR_TEMPLATES = ("a {} and a {}", "a {} next to a {}", "a {} with a {}")
+TRIPLE_TEMPLATES = ("a {}, a {} and a {}", "a {} next to a {} and a {}", "a {} and a {} with a {}")
 SINGLE_SHARE = 0.4
 """Share of training images with one object."""
 SUPERSAMPLING = 4
@@ -97,13 +102,43 @@ TRAINING_PAIRS = tuple(
 )
 
 
+def _held_out_triples() -> tuple[tuple[Subject, Subject, Subject], ...]:
+    # Each held-out pair (a, b) with b's own held-out partner: colours c, c+1, c+2 and shapes s, s+1, s+2
+    # all differ, and the triple holds two pairs never seen together.
+    partner = dict(HELD_OUT_PAIRS)
+    return tuple((a, b, partner[b]) for a, b in HELD_OUT_PAIRS)
+
+
+HELD_OUT_TRIPLES = _held_out_triples()
+_HELD = {frozenset(pair) for pair in HELD_OUT_PAIRS}
+TRAINING_TRIPLES = tuple(
+    triple
+    for triple in itertools.combinations(SUBJECTS, 3)
+    if all(_distinct(a, b) and frozenset((a, b)) not in _HELD for a, b in itertools.combinations(triple, 2))
+)
+"""Every triple of mutually distinct subjects that holds no held-out pair."""
+
+
 def pair_caption(a: Subject, b: Subject, template: str = PAIR_TEMPLATES[0]) -> str:
     return template.format(a.text, b.text)
+
+
+def caption(subjects: Sequence[Subject], template: str | None = None) -> str:
+    """The plain caption of one, two or three subjects ("a red circle, a blue square and a green cross")."""
+    if len(subjects) == 1:
+        return f"a {subjects[0].text}"
+    templates = {2: PAIR_TEMPLATES, 3: TRIPLE_TEMPLATES}[len(subjects)]
+    return (template or templates[0]).format(*(s.text for s in subjects))
 
 
 def evaluation_prompts() -> list[str]:
     """The held-out pairs as "a red circle and a yellow square": the default evaluation prompts."""
     return [pair_caption(a, b) for a, b in HELD_OUT_PAIRS]
+
+
+def triple_prompts() -> list[str]:
+    """The held-out triples as "a red circle, a yellow square and a green triangle"."""
+    return [caption(triple) for triple in HELD_OUT_TRIPLES]
 
 
 def parse_caption(caption: str) -> list[Subject]:
@@ -149,11 +184,19 @@ def place(rng: np.random.Generator, subjects: list[Subject]) -> tuple[Placed, ..
             return tuple(placed)
 
 
-def training_scene(rng: np.random.Generator) -> Scene:
-    """One training example: a single subject, or a pair that is not held out, in a random phrasing."""
-    if rng.random() < SINGLE_SHARE:
+def training_scene(rng: np.random.Generator, triple_share: float = 0.0) -> Scene:
+    """One training example: a single subject, a pair that is not held out, or (with `triple_share`) a
+    triple without a held-out pair, in a random phrasing. With no triples the draws are the first
+    miniature's, so its training set is unchanged."""
+    draw = rng.random()
+    if draw < SINGLE_SHARE:
         subject = SUBJECTS[rng.integers(len(SUBJECTS))]
         return Scene(place(rng, [subject]), f"a {subject.text}")
+    if draw < SINGLE_SHARE + triple_share:
+        triple = list(TRAINING_TRIPLES[rng.integers(len(TRAINING_TRIPLES))])
+        rng.shuffle(triple)
+        template = TRIPLE_TEMPLATES[rng.integers(len(TRIPLE_TEMPLATES))]
+        return Scene(place(rng, triple), caption(triple, template))
     a, b = TRAINING_PAIRS[rng.integers(len(TRAINING_PAIRS))]
     if rng.random() < 0.5:
         a, b = b, a
@@ -163,8 +206,7 @@ def training_scene(rng: np.random.Generator) -> Scene:
 
 def scene_of(rng: np.random.Generator, subjects: list[Subject]) -> Scene:
     """`subjects` placed at random, with the plain caption."""
-    caption = f"a {subjects[0].text}" if len(subjects) == 1 else pair_caption(*subjects)
-    return Scene(place(rng, subjects), caption)
+    return Scene(place(rng, subjects), caption(subjects))
 
 
 # -- rendering -----------------------------------------------------------------------------------------
@@ -212,8 +254,8 @@ def render(objects: tuple[Placed, ...] | list[Placed]) -> np.ndarray:
     return np.round(image).astype(np.uint8)
 
 
-def training_batch(seed: int, count: int) -> tuple[np.ndarray, list[str]]:
+def training_batch(seed: int, count: int, triple_share: float = 0.0) -> tuple[np.ndarray, list[str]]:
     """`count` training images (N, H, W, 3) uint8 and their captions, a pure function of `seed`."""
     rng = np.random.Generator(np.random.PCG64(seed))
-    scenes = [training_scene(rng) for _ in range(count)]
+    scenes = [training_scene(rng, triple_share) for _ in range(count)]
     return np.stack([render(scene.objects) for scene in scenes]), [scene.caption for scene in scenes]
