@@ -13,9 +13,12 @@ from .subjects import SubjectError
 
 def _demo(args) -> int:
     from .miniature.demo import run_demo
+    from .selection import LookaheadParams
 
     params = InitNOParams(max_rounds=args.rounds, steps_per_round=args.steps, fallback_steps=args.fallback)
-    return run_demo(args.prompt, args.seed, params, Path(args.output), Path(args.weights) if args.weights else None)
+    lookahead = LookaheadParams(candidates=args.candidates, steps=args.lookahead_steps)
+    weights = Path(args.weights) if args.weights else None
+    return run_demo(args.prompt, args.seed, params, Path(args.output), weights, lookahead)
 
 
 def _eval(args) -> int:
@@ -123,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="InitNO on the miniature model: plain and optimised images, diagnostics")
     demo.add_argument("--prompt", default=DEMO_PROMPT, help="'a <colour> <shape> and a <colour> <shape>'")
     demo.add_argument("--seed", type=int, default=DEMO_SEED)
+    from .selection import LookaheadParams
+
+    fast = LookaheadParams()
+    demo.add_argument("--candidates", type=int, default=fast.candidates, help="Fast: noises compared")
+    demo.add_argument("--lookahead-steps", type=int, default=fast.steps, help="Fast: sampling steps before scoring")
     defaults = InitNOParams()
     demo.add_argument("--rounds", type=int, default=defaults.max_rounds)
     demo.add_argument("--steps", type=int, default=defaults.steps_per_round)

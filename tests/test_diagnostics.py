@@ -336,10 +336,11 @@ def test_an_image_only_guided_shows_the_guidance_alone(tiny_unet, cat_and_dog):
 
 
 def test_the_demo_writes_the_picture_with_the_diagnostic_image(tmp_path):
-    """`python -m initno demo` on the shipped miniature, cut short: plain and InitNO images, the verdicts,
-    the diagnostic image beside them."""
+    """`python -m initno demo` on the shipped miniature, cut short: plain, Fast and InitNO images, the
+    verdicts, the diagnostic image beside them."""
     output = tmp_path / "new folder" / "x.png"
     command = [sys.executable, "-m", "initno", "demo", "--rounds", "1", "--steps", "2", "--fallback", "0"]
+    command += ["--candidates", "2", "--lookahead-steps", "1"]
     completed = subprocess.run(
         [*command, "--output", str(output)],
         cwd=Path(__file__).parents[1],
@@ -350,7 +351,9 @@ def test_the_demo_writes_the_picture_with_the_diagnostic_image(tmp_path):
     )
     assert completed.returncode == 0, completed.stderr
     assert f"picture: {output}" in completed.stdout
-    assert "plain: " in completed.stdout and "InitNO: " in completed.stdout
+    assert all(f"{name}: " in completed.stdout for name in ("plain", "Fast", "InitNO"))
+    assert "2 noises, each scored after 1 sampling steps" in completed.stdout
+    assert "6 UNet passes (forward only)" in completed.stdout  # 2 × (1 step × 2 passes + 1 scoring pass)
     with Image.open(output) as image:
         assert image.format == "PNG"
-        assert 1500 <= image.size[0] <= 2200 and 500 <= image.size[1] <= 1200
+        assert 1700 <= image.size[0] <= 2500 and 500 <= image.size[1] <= 1200

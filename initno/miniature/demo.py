@@ -1,9 +1,10 @@
-"""`python -m initno demo`: one prompt and seed on the miniature, plain and with InitNO, side by side with
-the diagnostic image, the scores printed pass by pass.
+"""`python -m initno demo`: one prompt and seed on the miniature: plain, the default method (Fast: the
+best of a few noises by their attention a few sampling steps ahead) and the official InitNO, side by side
+with InitNO's diagnostic image; the candidates' scores and InitNO's, pass by pass, printed.
 
-The default prompt and seed are the first of the benchmark's (prompts in order, seeds 0–7) where the plain
-image misses a subject and the InitNO image shows both: a case picked to show what InitNO does, not a
-typical one. `python -m initno eval` says how often that happens.
+The default prompt and seed are the first of the study split's (prompts in order, seeds from 0) where the
+plain image misses a subject and both methods' images show every subject: a case picked to show what the
+methods do, not a typical one. `python -m initno eval` says how often that happens.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from ..params import InitNOParams
+from ..selection import LookaheadParams, SelectionRequest, select_by_lookahead
 from . import WEIGHTS
 from .detect import detect
 from .evaluate import Miniworld, initial_noise
@@ -30,15 +32,35 @@ def _verdict(detection, subjects) -> str:
     return text + ("; fused" if detection.fused else "")
 
 
-def run_demo(prompt: str, seed: int, params: InitNOParams, output: Path, weights: Path | None = None) -> int:
+def run_demo(
+    prompt: str,
+    seed: int,
+    params: InitNOParams,
+    output: Path,
+    weights: Path | None = None,
+    lookahead: LookaheadParams | None = None,
+) -> int:
+    import torch
+
     model = Miniature.load(weights or WEIGHTS)
     mini = Miniworld(model)
     subjects, positions = mini.subjects_of(prompt)
     cond = model.encode([prompt])
     noise = initial_noise(seed, mini.latent_shape)
-    print("model: the miniature (64×64 coloured shapes, trained here on a CPU; not Stable Diffusion)")
+    print(f"model: {model.design.name} (64×64 coloured shapes, trained here on a CPU; not Stable Diffusion)")
     print(f"prompt: {prompt!r}, seed {seed}; subjects (nouns): {', '.join(s.shape for s in subjects)} at {positions}")
-    print(f"valid when cross < {params.cross_threshold} and self < {params.conflict_threshold}")
+
+    lookahead = lookahead or LookaheadParams()
+    (chosen,) = select_by_lookahead(mini.denoiser, mini.advance, [SelectionRequest(noise, seed, cond, positions)],
+                                    lookahead)  # fmt: skip
+    print(f"Fast: {lookahead.candidates} noises, each scored after {lookahead.steps} sampling steps:")
+    for index, scores in enumerate(chosen.candidates):
+        own = "the seed's own noise" if index == 0 else f"restart draw {index}"
+        mark = "  <- chosen" if index == chosen.chosen else ""
+        print(f"  {index}: cross {scores.cross:.4f}  self {scores.conflict:.4f}  ({own}){mark}")
+    print(f"  {chosen.passes} UNet passes (forward only)")
+
+    print(f"InitNO: valid when cross < {params.cross_threshold} and self < {params.conflict_threshold}")
 
     def progress(image, round_index, step, scores):
         phase = "fallback" if round_index == params.max_rounds else f"round {round_index + 1}/{params.max_rounds}"
@@ -54,17 +76,18 @@ def run_demo(prompt: str, seed: int, params: InitNOParams, output: Path, weights
         f"{result.steps} UNet passes; cross {result.initial.cross:.4f} -> {result.final.cross:.4f}, "
         f"self {result.initial.conflict:.4f} -> {result.final.conflict:.4f}; KL {result.kl:.2e}"
     )
-    import torch
-
-    plain, optimised = mini.sample(torch.stack([noise, result.latent.reshape(noise.shape)]), cond)
-    verdicts = [_verdict(detect(image, subjects), subjects) for image in (plain, optimised)]
-    print(f"plain:  {verdicts[0]}\nInitNO: {verdicts[1]}")
+    latents = torch.stack([noise, chosen.latent.reshape(noise.shape), result.latent.reshape(noise.shape)])
+    images = mini.sample(latents, cond)
+    verdicts = [_verdict(detect(image, subjects), subjects) for image in images]
+    print(f"plain:  {verdicts[0]}\nFast:   {verdicts[1]}\nInitNO: {verdicts[2]}")
 
     from ..diagnostics import render_diagnostics
 
     diagnostics = render_diagnostics(result, [s.shape for s in subjects], params)
-    picture = side_by_side(prompt, seed, [("plain", plain, verdicts[0]), ("InitNO", optimised, verdicts[1])],
-                           diagnostics.image if diagnostics else None)  # fmt: skip
+    titles = ["plain", f"Fast ({chosen.passes} passes)", f"InitNO ({result.steps} passes)"]
+    picture = side_by_side(
+        prompt, seed, list(zip(titles, images, verdicts)), diagnostics.image if diagnostics else None
+    )
     output.parent.mkdir(parents=True, exist_ok=True)
     picture.save(output)
     print(f"picture: {output}")

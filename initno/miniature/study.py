@@ -27,7 +27,7 @@ from . import detect
 from .evaluate import Miniworld, initial_noise
 
 GRIDS = {"quarter": 4, "half": 2}
-LOOKAHEAD = (2, 4, 7, 10)
+LOOKAHEAD = (2, 3, 4, 7, 10)
 """Sampling steps (of 50) after which the candidates are scored again."""
 
 
