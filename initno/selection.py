@@ -312,8 +312,9 @@ timestep they are at: the host's sampler (with its classifier-free guidance), ru
 class LookaheadParams:
     candidates: int = 4
     """Noises sampled a few steps ahead: the seed's own and the restarts InitNO draws."""
-    steps: int = 4
-    """Sampling steps before the candidates are scored."""
+    steps: int = 2
+    """Sampling steps before the candidates are scored. 4 × 2 (20 passes) was the best setting within 30
+    passes on the miniature's study split (docs/selection-study.md); more candidates or steps plateau."""
     passes_per_step: int = 2
     """UNet passes per sampling step (2 with classifier-free guidance)."""
 
