@@ -119,7 +119,7 @@ def standardised(records: list[dict], grid: str, weights: tuple[float, float, fl
     return lambda r: sum(w * r[f"{grid}_{k}"] / s for w, k, s in zip(weights, keys, spreads))
 
 
-def table(records: list[dict], counts: Sequence[int] = (1, 2, 4, 8, 16)) -> str:
+def table(records: list[dict], counts: Sequence[int] = (1, 2, 3, 4, 6, 8)) -> str:
     counts = [c for c in counts if c <= 1 + max(r["candidate"] for r in records)]
     groups = _groups(records)
     lines = ["| rule | grid | " + " | ".join(f"N={c}" for c in counts) + " |", "|---|---|" + "---|" * len(counts)]
@@ -135,7 +135,7 @@ def table(records: list[dict], counts: Sequence[int] = (1, 2, 4, 8, 16)) -> str:
     return "\n".join(lines)
 
 
-def lookahead_table(records: list[dict], counts: Sequence[int] = (1, 2, 4, 8)) -> str:
+def lookahead_table(records: list[dict], counts: Sequence[int] = (1, 2, 3, 4, 6, 8)) -> str:
     """Selection by the scores after k sampling steps (cross + conflict), and each score's AUC."""
     counts = [c for c in counts if c <= 1 + max(r["candidate"] for r in records)]
     outcome = np.asarray([r["all_present"] for r in records])
