@@ -226,9 +226,12 @@ class Miniature:
         from safetensors import safe_open
         from safetensors.torch import load_file
 
-        path = design_of(str(source)).weights if str(source) in DESIGNS else Path(source)
+        name = str(source) if str(source) in DESIGNS else DEFAULT_DESIGN
+        path = design_of(name).weights if str(source) in DESIGNS else Path(source)
         if not path.is_file():
-            raise FileNotFoundError(f"no miniature weights at {path}; train them with `python -m initno train`")
+            raise FileNotFoundError(
+                f"no miniature weights at {path}; train them with `python -m initno train --model {name}`"
+            )
         with safe_open(str(path), "pt") as handle:
             design = (handle.metadata() or {}).get("design", DEFAULT_DESIGN)
         model = cls.build(tokenizer=tokenizer, design=design)
