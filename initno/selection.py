@@ -124,6 +124,14 @@ def candidate_noises(noise: torch.Tensor, seed: int, count: int) -> torch.Tensor
     return draws.to(noise.device)
 
 
+def batch_conds(conds: Sequence[Any]) -> Any:
+    """Per-image conditionings (batch of 1 each) as one batch: tensors, or dicts key by key (SDXL's
+    `crossattn` and `vector`)."""
+    if isinstance(conds[0], dict):
+        return {key: torch.cat([c[key] for c in conds]) for key in conds[0]}
+    return torch.cat([c.expand(1, *c.shape[1:]) if c.shape[0] != 1 else c for c in conds])
+
+
 class BatchScorer:
     """Scores a batch of latents in one UNet call, each with its own conditioning and subjects."""
 
@@ -134,8 +142,7 @@ class BatchScorer:
     def __call__(self, latents: torch.Tensor, conds: Sequence[Any], subjects, positions) -> list[Evaluation]:
         count = latents.shape[0]
         timesteps = torch.full((count,), float(self.denoiser.timestep), device=latents.device)
-        cond = torch.cat([c.expand(1, *c.shape[1:]) if c.shape[0] != 1 else c for c in conds])
-        self.capture.run(self.denoiser.apply, latents, timesteps, cond)
+        self.capture.run(self.denoiser.apply, latents, timesteps, batch_conds(conds))
         cross = self.capture.cross_attention(count)
         evaluations = [
             evaluate_attention(
