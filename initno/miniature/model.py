@@ -33,24 +33,13 @@ from torch import nn
 from ..clip_bpe import ClipTokenizer
 from ..scores import CHUNK_LENGTH
 from ..tiny import require_ldm
-from . import WEIGHTS, WEIGHTS_SHA256, world
+from . import WEIGHTS, world
 
 DATA_SCALE = 4.0
 """The renders' standard deviation in [-1, 1] is 0.23; ×4 gives about unit variance, like SD's latents."""
 TRAIN_TIMESTEPS = 1000
 BETA_START, BETA_END = 0.00085, 0.012
 TEXT_CONFIG = {"width": 64, "layers": 2, "heads": 4}
-_UNET_COMMON = {
-    "model_channels": 32,
-    "num_res_blocks": 2,
-    "channel_mult": [1, 2, 2, 2],
-    "num_heads": 2,
-    "use_spatial_transformer": True,
-    "transformer_depth": 1,
-    "context_dim": 64,
-    "use_checkpoint": False,
-    "legacy": False,
-}
 
 
 @dataclass(frozen=True)
@@ -59,14 +48,34 @@ class Design:
     and how it was trained (the defaults of `python -m initno train --model NAME`)."""
 
     name: str
-    unet: dict
     fold: int
     """`pixel_unshuffle` factor: 64×64×3 pixels <-> (64/fold)²×(3·fold²) model space."""
+    attention_resolutions: tuple[int, ...]
+    """Where the UNet has transformers, as downsampling factors of its input (4: the level InitNO reads)."""
     triple_share: float
     """Share of training images with three subjects (their captions use a comma)."""
-    weights_sha256: str
     training: dict
     """`train` defaults: batch, steps, bf16 (autocast on CPUs with bf16 units: about 1.6× faster)."""
+
+    @property
+    def unet(self) -> dict:
+        """ldm `UNetModel` arguments (in this order: the first miniature's file records them as JSON)."""
+        channels = 3 * self.fold**2
+        return {
+            "image_size": world.IMAGE_SIZE // self.fold,
+            "in_channels": channels,
+            "out_channels": channels,
+            "model_channels": 32,
+            "attention_resolutions": list(self.attention_resolutions),
+            "num_res_blocks": 2,
+            "channel_mult": [1, 2, 2, 2],
+            "num_heads": 2,
+            "use_spatial_transformer": True,
+            "transformer_depth": 1,
+            "context_dim": 64,
+            "use_checkpoint": False,
+            "legacy": False,
+        }
 
     @property
     def weights(self) -> Path:
@@ -94,10 +103,9 @@ DESIGNS = {
         # attention at 1/2 and 1/4, so InitNO reads 8×8 maps. Pairs only.
         Design(
             "miniature",
-            {"image_size": 32, "in_channels": 12, "out_channels": 12, "attention_resolutions": [4, 2], **_UNET_COMMON},
             fold=2,
+            attention_resolutions=(4, 2),
             triple_share=0.0,
-            weights_sha256=WEIGHTS_SHA256,
             training={"batch": 64, "steps": 4000, "bf16": False},
         ),
         # The second, closer to SD1 at 512²: the 64×64×3 pixels are the UNet's input unfolded, so the 1/4
@@ -105,10 +113,9 @@ DESIGNS = {
         # there and in the middle block (at 1/2 too would double training time); three-subject scenes.
         Design(
             "miniature-16",
-            {"image_size": 64, "in_channels": 3, "out_channels": 3, "attention_resolutions": [4], **_UNET_COMMON},
             fold=1,
+            attention_resolutions=(4,),
             triple_share=0.25,
-            weights_sha256="",
             training={"batch": 32, "steps": 5000, "bf16": True},
         ),
     )
