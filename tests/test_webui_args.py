@@ -21,6 +21,8 @@ def test_positional_order_and_defaults():
         "step_scale",
         "max_refinement",
         "refinement_schedule",
+        "lookahead_candidates",
+        "lookahead_steps",
     ]
     args = ScriptArgs.from_script_args([True, "cat, dog", 3])
     assert (args.enabled, args.subjects, args.params.max_rounds) == (True, "cat, dog", 3)
@@ -55,8 +57,14 @@ def test_settings_defaults_apply_and_explicit_values_win():
         ([{"diagnostics": "0"}], r"'diagnostics' must be a boolean \(true or false\), got '0'"),
         ([{"diagnostics": 1}], r"'diagnostics' must be a boolean \(true or false\), got 1"),
         ([0, "cat"], r"'enabled' must be a boolean \(true or false\), got 0"),
-        ([True] + [None] * 20, "at most 17 positional arguments, got 21"),
-        ([{"method": "initno++"}], r"'method' must be one of 'initno', 'initno\+', 'ae', got 'initno\+\+'"),
+        ([True] + [None] * 20, "at most 19 positional arguments, got 21"),
+        (
+            [{"method": "initno++"}],
+            r"'method' must be one of 'lookahead', 'initno', 'initno\+', 'ae', got 'initno\+\+'",
+        ),
+        ([{"lookahead_candidates": 1}], "'lookahead_candidates' must be between 2 and 16, got 1"),
+        ([{"lookahead_candidates": 3.5}], "'lookahead_candidates' must be int, got 3.5"),
+        ([{"lookahead_steps": 0}], "'lookahead_steps' must be between 1 and 20, got 0"),
         ([{"guided_fraction": 1.5}], "'guided_fraction' must be between 0.0 and 1.0, got 1.5"),
         ([{"max_refinement": 0}], "'max_refinement' must be between 1 and 100, got 0"),
         ([{"refinement_schedule": "10-0.2"}], r"'refinement_schedule': cannot read '10-0.2'; expected 'step:cross'"),
@@ -93,12 +101,13 @@ def test_booleans_are_json_booleans_or_their_text():
 
 
 def test_infotext_has_every_parameter_and_leaves_defaults_of_the_optional_ones_out():
-    text = ScriptArgs.from_named({"enabled": True, "subjects": "", "max_rounds": 2}).infotext()
+    text = ScriptArgs.from_named({"enabled": True, "subjects": "", "method": "initno", "max_rounds": 2}).infotext()
     assert text["InitNO max rounds"] == 2
     assert text["InitNO KL bound"] == 0.001
     assert "InitNO subjects" not in text and "InitNO diagnostics" not in text  # left out, not None
-    assert "InitNO method" not in text and "InitNO guided fraction" not in text  # InitNO alone: no guidance
-    assert len(text) == len(ARGS) - 8
+    assert "InitNO guided fraction" not in text and "InitNO candidates" not in text  # InitNO alone
+    assert text["InitNO method"] == "initno"  # always there: its absence meant InitNO before lookahead
+    assert len(text) == len(ARGS) - 9
     chosen = ScriptArgs.from_named({"subjects": "cat", "diagnostics": True}).infotext()
     assert (chosen["InitNO subjects"], chosen["InitNO diagnostics"]) == ("cat", True)
     assert len({a.infotext for a in ARGS}) == len(ARGS)
@@ -133,6 +142,7 @@ def test_the_readme_documents_the_positional_order_the_code_accepts():
     values |= {"cross_threshold": 0.25, "conflict_threshold": 0.35, "learning_rate": 0.02, "adam_eps": 0.002}
     values |= {"kl_bound": 0.003, "kl_max_steps": 500, "diagnostics": True, "method": "ae", "guided_fraction": 0.3}
     values |= {"step_scale": 10.0, "max_refinement": 5, "refinement_schedule": "0:0.5"}
+    values |= {"lookahead_candidates": 6, "lookahead_steps": 3}
     by_label = {arg.label: arg.name for arg in ARGS}
     positional = [values[by_label[control]] for control, _ in table]
     assert ScriptArgs.from_script_args(positional).as_named() == values
@@ -143,7 +153,8 @@ def test_the_method_and_its_guidance_settings():
     assert ae.method == "ae" and not ae.optimises_noise  # the UI's label or the API's value
     settings = ae.guidance
     assert (settings.method, settings.guided_fraction, settings.refinements) == ("ae", 0.3, None)
-    assert ScriptArgs.from_named({}).guidance is None and ScriptArgs.from_named({}).optimises_noise
+    assert ScriptArgs.from_named({"method": "initno"}).guidance is None
+    assert ScriptArgs.from_named({"method": "initno"}).optimises_noise
     plus = ScriptArgs.from_named({"method": "INITNO+", "refinement_schedule": "20:0.1:0.25; 5:0.3"})
     assert [(r.step, r.cross, r.conflict) for r in plus.guidance.refinements] == [(5, 0.3, None), (20, 0.1, 0.25)]
     assert ScriptArgs.from_named({"method": "ae", "refinement_schedule": " None "}).guidance.refinements == ()
@@ -167,3 +178,27 @@ def test_refinement_schedules_read_back_as_written():
         assert [r.conflict for r in read] == [r.conflict for r in refinements]
     assert format_refinements(OFFICIAL_REFINEMENTS["ae"]) == "0:0.95, 10:0.5, 20:0.2"
     assert format_refinements(()) == "none" and parse_refinements("") is None
+
+
+def test_lookahead_is_the_default_and_says_what_it_costs():
+    from initno import methods
+    from initno.selection import LookaheadParams
+
+    args = ScriptArgs.from_named({})
+    assert args.method == methods.DEFAULT == methods.LOOKAHEAD
+    assert args.selects_noise and not args.optimises_noise and args.guidance is None
+    assert args.lookahead == LookaheadParams()
+    defaults = LookaheadParams()
+    steps = defaults.passes // defaults.passes_per_step  # sampling steps of one image, 2 passes each
+    assert (
+        ARGS[12].label_of("lookahead")
+        == f"Fast: choose the best of {defaults.candidates} noises (≈ {steps} sampling steps)"
+    )
+    assert ScriptArgs.from_named({"method": "initno"}).lookahead is None
+    chosen = ScriptArgs.from_named({"lookahead_candidates": 8, "lookahead_steps": "3"})
+    assert chosen.lookahead == LookaheadParams(candidates=8, steps=3)
+    # The infotext has lookahead's settings and not the optimisation's; the method is always written.
+    text = chosen.infotext()
+    assert (text["InitNO method"], text["InitNO candidates"], text["InitNO lookahead steps"]) == ("lookahead", 8, 3)
+    assert "InitNO max rounds" not in text and "InitNO guided fraction" not in text
+    assert ScriptArgs.from_named({"method": methods.lookahead_label()}).selects_noise  # the UI's label

@@ -17,6 +17,7 @@ from typing import Any
 from .. import methods
 from ..guidance import GuidanceSettings, parse_refinements
 from ..params import PARAMETERS, InitNOParams
+from ..selection import LookaheadParams
 from .arg import Arg, ArgumentError
 
 METHOD_CHOICES = tuple((method.id, method.label) for method in methods.METHODS.values())
@@ -27,6 +28,10 @@ GUIDANCE_DEFAULTS = {spec.name: spec.default for spec in dataclasses.fields(Guid
 
 GUIDANCE_ARGS = ("guided_fraction", "step_scale", "max_refinement", "refinement_schedule")
 """Arguments of the sampling guidance (InitNO+, Attend-and-Excite): left out of the infotext for InitNO alone."""
+
+LOOKAHEAD_DEFAULTS = LookaheadParams()
+LOOKAHEAD_ARGS = ("lookahead_candidates", "lookahead_steps")
+"""Arguments of lookahead selection: left out of the infotext for the other methods."""
 
 ENGINE_INFOTEXT = {
     "max_rounds": "InitNO max rounds",
@@ -91,7 +96,8 @@ ARGS: tuple[Arg, ...] = (
         "InitNO method",
         str,
         choices=METHOD_CHOICES,
-        help="InitNO optimises the noise; InitNO+ also guides the first sampling steps (the official script); "
+        help="Fast (lookahead) chooses the noise whose attention is best a few sampling steps ahead; InitNO "
+        "optimises the noise; InitNO+ also guides the first sampling steps (the official script); "
         "Attend-and-Excite only guides the sampling.",
     ),
     Arg(
@@ -139,6 +145,30 @@ ARGS: tuple[Arg, ...] = (
         "empty: the method's official schedule; 'none': no refinement.",
         xyz=False,
     ),
+    Arg(
+        "lookahead_candidates",
+        LOOKAHEAD_DEFAULTS.candidates,
+        "Noises to choose from",
+        "InitNO candidates",
+        int,
+        2,
+        16,
+        1,
+        help="Fast: the seed's own noise and the restarts drawn from the seed; each costs 2 UNet passes per "
+        "step ahead and one to score it.",
+    ),
+    Arg(
+        "lookahead_steps",
+        LOOKAHEAD_DEFAULTS.steps,
+        "Steps ahead",
+        "InitNO lookahead steps",
+        int,
+        1,
+        20,
+        1,
+        help="Fast: sampling steps each noise runs before its attention is scored (at most the generation's "
+        "steps − 1).",
+    ),
 )
 """In UI (and positional API) order."""
 
@@ -156,11 +186,24 @@ class ScriptArgs:
     step_scale: float
     max_refinement: int
     refinement_schedule: str
+    lookahead_candidates: int
+    lookahead_steps: int
     """Built by `from_named`, from the defaults in `ARGS`."""
 
     @property
     def optimises_noise(self) -> bool:
         return methods.method_of(self.method).optimises_noise
+
+    @property
+    def selects_noise(self) -> bool:
+        return methods.method_of(self.method).selects_noise
+
+    @property
+    def lookahead(self) -> LookaheadParams | None:
+        """Lookahead selection's settings; None for the other methods."""
+        if not self.selects_noise:
+            return None
+        return LookaheadParams(candidates=self.lookahead_candidates, steps=self.lookahead_steps)
 
     @property
     def guidance(self) -> GuidanceSettings | None:
@@ -226,15 +269,16 @@ class ScriptArgs:
     def infotext(self) -> dict[str, Any]:
         """The settings for the PNG info: every parameter that applies to the method (the outcome is
         added by the job). Settings at their default that say "nothing chosen" (automatic subjects,
-        diagnostics off, InitNO alone, the official refinement schedule) are left out, as keys, not as
-        None values: the API's `info` shows `extra_generation_params` as they are."""
+        diagnostics off, the official refinement schedule) are left out, as keys, not as None values: the
+        API's `info` shows `extra_generation_params` as they are. The method is always there: an infotext
+        without it was written when InitNO was the default (`methods.BEFORE_LOOKAHEAD`)."""
         named = self.as_named()
         optional = ("subjects", "diagnostics", "refinement_schedule")
         left_out = {"enabled"} | {name for name in optional if not named[name]}
-        if self.method == methods.DEFAULT:
-            left_out.add("method")
         if self.guidance is None:
             left_out |= set(GUIDANCE_ARGS)
+        if not self.selects_noise:
+            left_out |= set(LOOKAHEAD_ARGS)
         if not self.optimises_noise:
             left_out |= {spec.name for spec in PARAMETERS}
         return {arg.infotext: named[arg.name] for arg in ARGS if arg.name not in left_out}

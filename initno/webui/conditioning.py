@@ -110,3 +110,13 @@ def image_conditioning(p, index: int, part_lengths: tuple[int, ...]):
     if isinstance(batch, dict):
         return {"crossattn": tokens_of(batch["crossattn"]), "vector": batch["vector"][rows[0]][None].clone()}
     return tokens_of(batch)
+
+
+def image_unconditioning(p, index: int):
+    """Image `index`'s negative prompt's conditioning at the first step: its row of `p.uc`, whole (the
+    sampler's uncond row, with any row an extension put in front, such as ControlNet's negative marker;
+    SDXL: the dict with its pooled vector). Lookahead's sampler needs it; InitNO's scores never read it."""
+    batch = prompt_parser.reconstruct_cond_batch(p.uc, 0)
+    if isinstance(batch, dict):
+        return {"crossattn": batch["crossattn"][index][None].clone(), "vector": batch["vector"][index][None].clone()}
+    return batch[index][None].clone()  # a normal tensor even if the host made it under inference mode

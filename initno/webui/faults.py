@@ -53,6 +53,10 @@ def unknown_network(what: str) -> Unsupported:
     return Unsupported(f"the loaded model's network ({what}) is not a UNet InitNO knows")
 
 
+def unsupported_prediction(what) -> Unsupported:
+    return Unsupported(f"Fast (lookahead) needs an eps- or v-prediction model; this one predicts {what!r}")
+
+
 # -- the settings and the sampler -----------------------------------------------------------------------
 
 TOKEN_MERGING = "token merging is on; set Settings → Optimizations → Token merging ratio to 0"
@@ -72,6 +76,10 @@ REFUSED_SAMPLERS = {
     "DPM adaptive": "it has no one-to-one sampling steps to guide",
 }
 """Samplers the guidance cannot move the state of (see `sampler_hook`), and why."""
+
+
+def too_few_steps(steps: int) -> Unsupported:
+    return Unsupported(f"Fast (lookahead) needs at least 2 sampling steps (it looks ahead of the first), got {steps}")
 
 
 def sampler_refusal(sampler_name: str) -> str | None:

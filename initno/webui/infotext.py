@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from ..guidance import ImageGuidance
 from ..optimize import ImageResult
+from ..selection import SelectionResult
 from ..subjects import Subject
 from .args import ScriptArgs
 
@@ -25,6 +26,8 @@ class ImageOutcome:
     guide: ImageGuidance | None = None
     guidance_stop: str | None = None
     """Why the sampling guidance did not run, or stopped early."""
+    selection: SelectionResult | None = None
+    """Lookahead's choice, for the method that selects the noise."""
 
     @property
     def guidance(self) -> str | None:
@@ -38,6 +41,9 @@ class ImageOutcome:
 
     @property
     def scores(self) -> str | None:
+        if self.selection is not None:  # the seed's own noise, then the chosen one, both scored ahead
+            before, after = self.selection.candidates[0], self.selection.final
+            return f"cross {before.cross:.3f} -> {after.cross:.3f}, self {before.conflict:.3f} -> {after.conflict:.3f}"
         if self.result is None or self.result.initial is None:
             return None
         before, after = self.result.initial, self.result.final
@@ -60,7 +66,8 @@ def skipped(reason: str) -> str:
 
 
 def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}{'' if number == 1 else 's'}"
+    plural = "es" if noun.endswith("s") else "s"
+    return f"{number} {noun}{'' if number == 1 else plural}"
 
 
 def status_of(result: ImageResult) -> str:
@@ -70,6 +77,15 @@ def status_of(result: ImageResult) -> str:
     rounds = _count(result.rounds, "round") + (" + fallback" if result.fallback else "")
     reached = "valid" if result.valid else "not valid"
     return f"{reached}, {rounds}, {_count(result.steps, 'step')}"
+
+
+def status_of_selection(result: SelectionResult) -> str:
+    """E.g. "chose noise 2 of 4, 20 passes" (noise 0 is the seed's own)."""
+    return f"chose noise {result.chosen} of {len(result.candidates)}, {_count(result.passes, 'pass')}"
+
+
+def interrupted_selection(passes: int) -> str:
+    return f"interrupted after {_count(passes, 'pass')}"
 
 
 OUTCOME_KEYS = {
@@ -84,7 +100,7 @@ OUTCOME_KEYS = {
 def outcome_keys(args: ScriptArgs) -> list[str]:
     """The per-image entries that apply to the method, in infotext order."""
     keys = ["InitNO", "InitNO tokens"]
-    keys += ["InitNO scores"] if args.optimises_noise else []
+    keys += ["InitNO scores"] if args.optimises_noise or args.selects_noise else []
     keys += ["InitNO guidance"] if args.guidance is not None else []
     return keys
 

@@ -1,6 +1,7 @@
-"""One generation's InitNO work: for each first-pass txt2img batch, optimise each image's noise in place
-and/or (InitNO+, Attend-and-Excite) put the sampling guidance on the batch's sampler; turn every fault into
-a clear "skipped" with the image still generated, and keep the per-image outcome for the infotext.
+"""One generation's InitNO work: for each first-pass txt2img batch, choose (lookahead) or optimise each
+image's noise in place and/or (InitNO+, Attend-and-Excite) put the sampling guidance on the batch's sampler;
+turn every fault into a clear "skipped" with the image still generated, and keep the per-image outcome for
+the infotext.
 
 The concerns each have their module: the host's model and passes (`hosts`, `checks`, `conditioning`,
 `passes`), the messages (`faults`), the infotext (`infotext`), the progress bar (`progress`), the guidance
@@ -19,11 +20,20 @@ import torch
 from modules import devices
 
 from ..optimize import Denoiser, ImageRequest, ImageResult, optimize_noise
+from ..selection import SelectionResult
 from ..subjects import Subject, choose_subjects, require_subjects
-from . import conditioning, faults, gallery, guided_sampling, infotext, passes, progress
+from . import conditioning, faults, gallery, guided_sampling, infotext, lookahead, passes, progress
 from .args import ScriptArgs
 from .hosts import Host, host_of
-from .infotext import GUIDANCE_ONLY, ImageOutcome, comment, skipped, status_of
+from .infotext import (
+    GUIDANCE_ONLY,
+    ImageOutcome,
+    comment,
+    interrupted_selection,
+    skipped,
+    status_of,
+    status_of_selection,
+)
 from .sampler_hook import SamplerGuidance
 
 ATTRIBUTE = "_initno_job"
@@ -53,6 +63,9 @@ class InitNOJob:
         requests, positions = self._requests(p, host, x, first)
         if not requests:
             return
+        if self.args.selects_noise:
+            self._select(p, host, x, denoiser, requests, positions, first)
+            host.use_noise(p, x)
         if self.args.optimises_noise:
             results, denoiser = self._optimise(p, host, x, denoiser, requests)
             for i, result in zip(positions, results):
@@ -72,7 +85,8 @@ class InitNOJob:
             except ValueError as error:  # SubjectError among them: this image is skipped, the others run
                 self._skip(p, [first + i], str(error))
                 continue
-            self.outcomes[first + i] = ImageOutcome("pending" if self.args.optimises_noise else GUIDANCE_ONLY, subjects)
+            changes_noise = self.args.optimises_noise or self.args.selects_noise
+            self.outcomes[first + i] = ImageOutcome("pending" if changes_noise else GUIDANCE_ONLY, subjects)
             requests.append(request)
             positions.append(i)
         return requests, positions
@@ -110,6 +124,30 @@ class InitNOJob:
         shown = progress.NoiseProgress(self.args.params, len(requests))
         with passes.differentiable_passes(host, denoiser.unet):
             return optimize_noise(denoiser, requests, self.args.params, progress=shown, cancel=progress.cancelled)
+
+    def _select(self, p, host: Host, x, denoiser: Denoiser, requests, positions, first: int) -> None:
+        """Each image's noise chosen by lookahead, one image after the other (its candidates share the UNet
+        calls); on Interrupt or Skip the images not done keep their noise."""
+        params = lookahead.params_for(self.args.lookahead, p.steps)
+        with torch.inference_mode(False):
+            unconds = [conditioning.image_unconditioning(p, i) for i in positions]
+        shown = progress.LookaheadProgress(params, len(requests))
+        with host.prepared(x):
+            for n, (i, request, uncond) in enumerate(zip(positions, requests, unconds)):
+                shown.next_image(n)
+                try:
+                    result = lookahead.select(p, host, denoiser, request, uncond, params, shown)
+                except lookahead.Interrupted:
+                    for later, j in enumerate(positions[n:]):
+                        self.outcomes[first + j].status = interrupted_selection(shown.passes if later == 0 else 0)
+                    return
+                self._use_selection(x, i, first + i, result)
+
+    def _use_selection(self, x: torch.Tensor, i: int, index: int, result: SelectionResult) -> None:
+        x[i].copy_(result.latent.to(dtype=x.dtype, device=x.device))
+        outcome = self.outcomes[index]
+        outcome.selection, outcome.status = result, status_of_selection(result)
+        print(f"InitNO: image {index + 1}: {outcome.status}; {outcome.scores}")
 
     def _use_result(self, x: torch.Tensor, i: int, index: int, result: ImageResult) -> None:
         x[i].copy_(result.latent.to(dtype=x.dtype, device=x.device))

@@ -8,6 +8,7 @@ from ..guidance import GuidancePlan
 from ..methods import method_of
 from ..params import InitNOParams
 from ..scores import Scores
+from ..selection import LookaheadParams
 
 
 def cancelled() -> bool:
@@ -43,6 +44,31 @@ class NoiseProgress:
             f"InitNO{which} {where} · loss {scores.joint:.3f} (cross {scores.cross:.3f}, self {scores.conflict:.3f})"
         )
         state.sampling_steps = self.total * self.image_count
+        state.sampling_step = min(self.done, state.sampling_steps)
+
+
+class LookaheadProgress:
+    """'InitNO lookahead · pass p/P' in the progress bar while the candidates run ahead and are scored; counts
+    each image's passes (a UNet call on n latents is n passes, as `LookaheadParams.passes` counts them)."""
+
+    def __init__(self, params: LookaheadParams, image_count: int):
+        self.params = params
+        self.image_count = image_count
+        self.image = 0
+        self.passes = 0
+        """The current image's passes so far."""
+        self.done = 0
+
+    def next_image(self, image: int) -> None:
+        self.image, self.passes = image, 0
+
+    def __call__(self, passes: int) -> None:
+        self.passes += passes
+        self.done += passes
+        which = f" · image {self.image + 1}/{self.image_count}" if self.image_count > 1 else ""
+        state = shared.state
+        state.textinfo = f"InitNO lookahead{which} · pass {self.passes}/{self.params.passes}"
+        state.sampling_steps = self.params.passes * self.image_count
         state.sampling_step = min(self.done, state.sampling_steps)
 
 

@@ -8,8 +8,8 @@ from modules import shared
 from modules.ui_components import InputAccordion
 
 from ..guidance import OFFICIAL_REFINEMENTS, format_refinements
-from ..methods import INITNO_PLUS, METHODS, method_of
-from .args import ARGS, BY_NAME, GUIDANCE_ARGS, Arg
+from ..methods import BEFORE_LOOKAHEAD, INITNO_PLUS, METHODS, method_of
+from .args import ARGS, BY_NAME, GUIDANCE_ARGS, LOOKAHEAD_ARGS, Arg
 from .passes import CHECKPOINTING
 
 SETTINGS_SECTION = ("initno", "InitNO", "sd")
@@ -89,6 +89,9 @@ def accordion(tabname: str) -> tuple[list, list]:
         gr.HTML(elem_id=f"{prefix}_tokens", elem_classes=["initno-tokens"])
         controls["method"] = _control(BY_NAME["method"], method, f"{prefix}_method")
         # Only the settings of the chosen method are shown (all of them still travel with each generation).
+        with gr.Row(visible=method_of(method).selects_noise) as lookahead_settings:
+            for name in LOOKAHEAD_ARGS:
+                controls[name] = _control(BY_NAME[name], defaults[name], f"{prefix}_{name}")
         with gr.Column(visible=method_of(method).optimises_noise) as noise_settings:
             with gr.Row():
                 for name in ("max_rounds", "steps_per_round", "fallback_steps"):
@@ -105,16 +108,20 @@ def accordion(tabname: str) -> tuple[list, list]:
                 if arg.advanced:
                     controls[arg.name] = _control(arg, defaults[arg.name], f"{prefix}_{arg.name}")
     controls["method"].change(
-        settings_shown, inputs=[controls["method"]], outputs=[noise_settings, guidance_settings], show_progress=False
+        settings_shown,
+        inputs=[controls["method"]],
+        outputs=[lookahead_settings, noise_settings, guidance_settings],
+        show_progress=False,
     )
     ordered = [controls[arg.name] for arg in ARGS]
     return ordered, paste_fields(ordered)
 
 
-def settings_shown(method: str) -> tuple[dict, dict]:
-    """Visibility of the noise optimisation's and the sampling guidance's settings for a method."""
+def settings_shown(method: str) -> tuple[dict, dict, dict]:
+    """Visibility of lookahead's, the noise optimisation's and the sampling guidance's settings for a method."""
     chosen = method_of(BY_NAME["method"].convert(method))
-    return gr.update(visible=chosen.optimises_noise), gr.update(visible=chosen.guides_sampling)
+    shown = (chosen.selects_noise, chosen.optimises_noise, chosen.guides_sampling)
+    return tuple(gr.update(visible=visible) for visible in shown)
 
 
 def hidden(tabname: str) -> list:
@@ -134,7 +141,7 @@ def paste_fields(controls: list) -> list:
             fields.append((control, lambda params: "InitNO" in params))
         elif arg.name == "subjects":
             fields.append((control, _subjects_of_the_pasted_prompt))
-        elif arg.name in ("diagnostics", "method", *GUIDANCE_ARGS):
+        elif arg.name in ("diagnostics", "method", *GUIDANCE_ARGS, *LOOKAHEAD_ARGS):
             fields.append((control, _when_initno(arg)))
         else:
             fields.append((control, arg.infotext))
@@ -148,11 +155,13 @@ def _subjects_of_the_pasted_prompt(params) -> str:
 
 
 def _when_initno(arg: Arg):
-    """Keys left out of the infotext when at their default: restore the default if InitNO is there."""
+    """Keys left out of the infotext when at their default or not used: restore the default if InitNO is
+    there. An infotext without a method predates lookahead, when its absence meant InitNO."""
+    absent = BEFORE_LOOKAHEAD if arg.name == "method" else arg.default
 
     def read(params):
         if "InitNO" not in params:
             return None
-        return arg.convert(params[arg.infotext]) if arg.infotext in params else arg.default
+        return arg.convert(params[arg.infotext]) if arg.infotext in params else absent
 
     return read

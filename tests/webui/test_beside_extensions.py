@@ -15,7 +15,14 @@ import torch
 from modules import infotext_utils
 
 HOST = Path(__file__).resolve().parents[1] / "host"
-ON = {"enabled": True, "subjects": "cat, dog", "max_rounds": 1, "steps_per_round": 2, "fallback_steps": 0}
+ON = {
+    "enabled": True,
+    "subjects": "cat, dog",
+    "method": "initno",
+    "max_rounds": 1,
+    "steps_per_round": 2,
+    "fallback_steps": 0,
+}
 SIZE = {"width": 128, "height": 128}
 
 

@@ -16,7 +16,14 @@ from modules.sd_models_xl import StandInSDXLModel
 
 from initno.webui import passes
 
-QUICK = {"enabled": True, "subjects": "cat, dog", "max_rounds": 2, "steps_per_round": 2, "fallback_steps": 2}
+QUICK = {
+    "enabled": True,
+    "subjects": "cat, dog",
+    "method": "initno",
+    "max_rounds": 2,
+    "steps_per_round": 2,
+    "fallback_steps": 2,
+}
 SIZE = {"width": 128, "height": 128}
 HINT = torch.linspace(0, 1, 3 * 128 * 128).reshape(1, 3, 128, 128)  # the unit's control image
 

@@ -100,7 +100,7 @@ def test_the_core_never_imports_the_host(tmp_path):
             "-c",
             "import sys, initno.attention, initno.scores, initno.optimize, initno.params, initno.prompt, "
             "initno.subjects, initno.clip_bpe, initno.offline, initno.tiny, initno.diagnostics, initno.cli, "
-            "initno.methods, initno.webui.args, initno.webui.faults; "
+            "initno.methods, initno.ddim, initno.selection, initno.webui.args, initno.webui.faults; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('modules', 'backend', 'gradio')))",
         ],
         cwd=REPO,
@@ -173,7 +173,10 @@ def test_schema_route_lists_the_arguments_in_positional_order(webui):
         "choices": None,
     }
     method = next(a for a in schema["args"] if a["name"] == "method")
-    assert (method["type"], method["default"], method["choices"]) == ("str", "initno", ["initno", "initno+", "ae"])
+    assert (method["type"], method["default"]) == ("str", "lookahead")
+    assert method["choices"] == ["lookahead", "initno", "initno+", "ae"]
+    candidates = next(a for a in schema["args"] if a["name"] == "lookahead_candidates")
+    assert (candidates["default"], candidates["minimum"], candidates["maximum"]) == (4, 2, 16)
 
 
 def test_settings_are_listed_under_the_stable_diffusion_category(webui):
@@ -181,7 +184,7 @@ def test_settings_are_listed_under_the_stable_diffusion_category(webui):
 
     shared.opts.reorder()  # as the host does when it builds the Settings page
     keys = [key for key in shared.opts.data_labels if key.startswith("initno_")]
-    assert len(keys) == 16  # Memory, and the default of each setting but the switch and the subjects
+    assert len(keys) == 18  # Memory, and the default of each setting but the switch and the subjects
     assert {shared.opts.data_labels[key].section for key in keys} == {("initno", "InitNO")}
     assert {shared.opts.category_label(key) for key in keys} == {"Stable Diffusion"}  # not "Uncategorized"
 
@@ -202,7 +205,9 @@ def test_settings_page_defaults_reach_the_controls_and_the_api(webui):
                 "width": 128,
                 "height": 128,
                 "alwayson_scripts": {
-                    "initno": {"args": [{"steps_per_round": 1, "fallback_steps": 0, "cross_threshold": 0}]}
+                    "initno": {
+                        "args": [{"method": "initno", "steps_per_round": 1, "fallback_steps": 0, "cross_threshold": 0}]
+                    }
                 },
             },
         )

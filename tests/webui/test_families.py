@@ -17,7 +17,14 @@ from initno.webui import job as job_module
 from initno.webui import passes
 from initno.webui.hosts import host_of
 
-QUICK = {"enabled": True, "subjects": "cat, dog", "max_rounds": 1, "steps_per_round": 2, "fallback_steps": 0}
+QUICK = {
+    "enabled": True,
+    "subjects": "cat, dog",
+    "method": "initno",
+    "max_rounds": 1,
+    "steps_per_round": 2,
+    "fallback_steps": 0,
+}
 
 
 @pytest.fixture(params=["eps", "v"])

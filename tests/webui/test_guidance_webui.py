@@ -21,7 +21,7 @@ from initno.webui import progress as progress_module
 from initno.webui import sampler_hook
 
 SIZE = {"width": 128, "height": 128}  # latent 16×16: the 4×4 grid is read
-QUICK_NOISE = {"max_rounds": 1, "steps_per_round": 2, "fallback_steps": 0}
+QUICK_NOISE = {"method": "initno", "max_rounds": 1, "steps_per_round": 2, "fallback_steps": 0}
 AE = {"enabled": True, "subjects": "cat, dog", "method": "ae", "max_refinement": 2}
 PLUS = {**AE, **QUICK_NOISE, "method": "initno+"}
 STEPS = 4  # guided: steps 0 and 1 (half of 4); refinement at round(10·4/50) = 1 (and 0 for Attend-and-Excite)
@@ -462,7 +462,7 @@ def test_the_method_is_an_xyz_axis(webui, monkeypatch, guided):
     xyz = next(d.module for d in scripts.scripts_data if d.module.__name__ == "xyz_grid.py")
     options = {o.label: o for o in xyz.axis_options if o.label.startswith("[InitNO]")}
     method = options["[InitNO] Method"]
-    assert method.choices() == ["initno", "initno+", "ae"]
+    assert method.choices() == ["lookahead", "initno", "initno+", "ae"]
     assert "[InitNO] Guided fraction of the steps" in options and "[InitNO] Refinement schedule" not in options
     p = processing.StableDiffusionProcessingTxt2Img(prompt="a cat and a dog", seed=1, steps=STEPS, **SIZE)
     p.scripts = webui.runner
@@ -485,6 +485,8 @@ def test_diagnostics_show_the_guidance_trace(webui):
 def test_the_ui_shows_the_settings_of_the_chosen_method():
     from initno.webui import ui
 
-    assert [update["visible"] for update in ui.settings_shown("initno")] == [True, False]
-    assert [update["visible"] for update in ui.settings_shown("Noise + sampling guidance (InitNO+)")] == [True, True]
-    assert [update["visible"] for update in ui.settings_shown("ae")] == [False, True]
+    # (lookahead's, the optimisation's, the guidance's)
+    assert [update["visible"] for update in ui.settings_shown("lookahead")] == [True, False, False]
+    assert [update["visible"] for update in ui.settings_shown("initno")] == [False, True, False]
+    assert [u["visible"] for u in ui.settings_shown("Noise + sampling guidance (InitNO+)")] == [False, True, True]
+    assert [update["visible"] for update in ui.settings_shown("ae")] == [False, False, True]

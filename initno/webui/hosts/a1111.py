@@ -40,6 +40,9 @@ class A1111(Host):
     def compute_dtype(self) -> torch.dtype:
         return devices.dtype_unet
 
+    def schedule(self) -> tuple[torch.Tensor, str]:
+        return ldm_schedule(self.model)
+
     def denoiser(self, unet: torch.nn.Module, timestep: float, checkpoint_blocks: bool) -> Denoiser:
         return Denoiser(
             unet=unet,
@@ -66,6 +69,14 @@ def ldm_text_encoders(model) -> list:
     if conditioner is None:
         return [model.cond_stage_model]
     return [embedder for embedder in conditioner.embedders if hasattr(embedder, "process_texts")]
+
+
+def ldm_schedule(model) -> tuple[torch.Tensor, str]:
+    """A1111's model flags (ldm/sgm models; SDXL's set by sd_models_xl.extend_sdxl)."""
+    parameterization = getattr(model, "parameterization", "eps")
+    if parameterization not in ("eps", "v"):
+        raise faults.unsupported_prediction(parameterization)
+    return model.alphas_cumprod, parameterization
 
 
 def hypernetwork_transform():

@@ -3,8 +3,9 @@
 Every supported host keeps A1111's script, processing and sampler API, so the shared glue (`checks`,
 `conditioning`, `passes`, `job`) reads the prompt, the conditioning and the sampler the same way on all of
 them; an adapter answers only where the hosts differ: where the UNet is and what of it InitNO can read, the
-text encoders, the dtype the UNet computes in, how a cond-only UNet pass is run, what the host's sampler does
-to the model first, what keeps InitNO's passes differentiable, and where the sampler takes its noise from.
+text encoders, the dtype the UNet computes in, the noise schedule and what the UNet predicts, how a cond-only
+UNet pass is run, what the host's sampler does to the model first, what keeps InitNO's passes differentiable,
+and where the sampler takes its noise from.
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ class Host(ABC):
     @abstractmethod
     def compute_dtype(self) -> torch.dtype:
         """The dtype the UNet computes in."""
+
+    @abstractmethod
+    def schedule(self) -> tuple[torch.Tensor, str]:
+        """The model's ᾱ_t for t = 0..T−1 and what its UNet predicts ("eps" or "v"), for lookahead's sampler
+        (`initno.ddim`); `faults.Unsupported` for anything else."""
 
     @abstractmethod
     def denoiser(self, unet: torch.nn.Module, timestep: float, checkpoint_blocks: bool) -> Denoiser:

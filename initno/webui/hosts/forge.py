@@ -38,6 +38,10 @@ and replace patches (`patches_replace`) bypass the attention modules altogether,
 miss their layers: InitNO's passes run without both. Block-level patches (FreeU's) stay."""
 
 
+PREDICTIONS = {"epsilon": "eps", "v_prediction": "v"}
+"""Forge 2's prediction types that lookahead's DDIM takes, by its name for them."""
+
+
 class Forge2(Host):
     name = "Forge"
     unet_class = "IntegratedUNet2DConditionModel"
@@ -89,6 +93,15 @@ class Forge2(Host):
             yield
         finally:
             cleanup(unet)
+
+    def schedule(self) -> tuple[torch.Tensor, str]:
+        """Forge 2's models have no `alphas_cumprod`: its noise predictor holds the schedule and the kind of
+        prediction (backend/modules/k_prediction.py `Prediction`)."""
+        predictor = self.patcher.model.predictor
+        kind = getattr(predictor, "prediction_type", None)
+        if kind not in PREDICTIONS or not hasattr(predictor, "alphas_cumprod"):
+            raise faults.unsupported_prediction(kind)
+        return predictor.alphas_cumprod, PREDICTIONS[kind]
 
     def transformer_options(self, timesteps: torch.Tensor) -> dict:
         """What the host's sampling passes the UNet for the cond branch (Forge 2 sampling_function.py:238-273),

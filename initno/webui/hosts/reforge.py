@@ -8,7 +8,9 @@ Its transformer block adds out of place (`x = n + x`), so the clones Forge 2 nee
 
 from __future__ import annotations
 
-from .a1111 import ldm_text_encoders
+import torch
+
+from .a1111 import ldm_schedule, ldm_text_encoders
 from .forge import Forge2
 
 
@@ -22,6 +24,9 @@ class ReForge(Forge2):
 
     def text_model(self):
         return self.model.cond_stage_model
+
+    def schedule(self) -> tuple[torch.Tensor, str]:
+        return ldm_schedule(self.model)  # A1111's model object keeps A1111's flags
 
     def sampling_functions(self):
         from modules_forge.forge_sampler import sampling_cleanup, sampling_prepare

@@ -11,9 +11,13 @@ from torch import nn
 
 
 class Predictor:
-    """backend/modules/k_prediction.py `Prediction.sigma`: the schedule's sigma at a (fractional) timestep."""
+    """backend/modules/k_prediction.py `Prediction`: its `alphas_cumprod` buffer (float32), its
+    `prediction_type` ("epsilon" or "v_prediction"), and `sigma`, the schedule's sigma at a (fractional)
+    timestep."""
 
-    def __init__(self, alphas_cumprod: torch.Tensor):
+    def __init__(self, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon"):
+        self.alphas_cumprod = alphas_cumprod.float()
+        self.prediction_type = prediction_type
         self.log_sigmas = (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).log()
 
     def sigma(self, timestep: torch.Tensor) -> torch.Tensor:
