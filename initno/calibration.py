@@ -10,6 +10,7 @@ same on every model. It is cached per model (`CalibrationCache`), so it is paid 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -95,7 +96,10 @@ def calibrate(
 
 
 class CalibrationCache:
-    """Calibrations by key (model hash, grid, procedure), in memory and, given a path, in a JSON file."""
+    """Calibrations by key (model hash, grid, procedure), in memory and, given a path, in a JSON file.
+
+    The file is only a cache: a damaged one, or entries of another version or with impossible values, are
+    ignored (calibrated again), and it is replaced whole, never left half written."""
 
     def __init__(self, path: Path | str | None = None):
         self.path = Path(path) if path is not None else None
@@ -103,15 +107,38 @@ class CalibrationCache:
         if self.path is not None and self.path.is_file():
             try:
                 stored = json.loads(self.path.read_text())
-                self.entries = {k: Calibration(**v) for k, v in stored.items() if v.get("version") == VERSION}
-            except (ValueError, TypeError):
-                self.entries = {}  # a damaged cache is only a cache: calibrate again
+            except (OSError, ValueError):
+                stored = None
+            if isinstance(stored, dict):
+                read = {key: _stored_calibration(value) for key, value in stored.items()}
+                self.entries = {key: entry for key, entry in read.items() if entry is not None}
 
     def get(self, key: str) -> Calibration | None:
         return self.entries.get(key)
 
     def put(self, calibration: Calibration) -> None:
+        """Keeps `calibration`; OSError if the file cannot be written (it is kept in memory all the same)."""
         self.entries[calibration.key] = calibration
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(json.dumps({k: asdict(v) for k, v in self.entries.items()}, indent=1))
+            written = self.path.with_name(self.path.name + ".tmp")
+            written.write_text(json.dumps({k: asdict(v) for k, v in self.entries.items()}, indent=1))
+            written.replace(self.path)
+
+
+def _stored_calibration(value) -> Calibration | None:
+    """A stored entry of this version whose thresholds are scores a calibration can give (the response
+    loss is in [0, 1], the conflict in [0, 0.5]); None for anything else."""
+    if not isinstance(value, dict) or value.get("version") != VERSION:
+        return None
+    try:
+        calibration = Calibration(**value)
+    except TypeError:
+        return None
+    numbers = (calibration.cross, calibration.conflict, calibration.quantile)
+    if any(isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) for x in numbers):
+        return None
+    if not isinstance(calibration.key, str) or isinstance(calibration.samples, bool):
+        return None
+    in_range = 0 <= calibration.cross <= 1 and 0 <= calibration.conflict <= 0.5
+    return calibration if in_range and isinstance(calibration.samples, int) else None

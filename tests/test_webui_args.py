@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from initno.params import InitNOParams
-from initno.webui.args import ARGS, ArgumentError, ScriptArgs
+from initno.webui.args import ARGS, BY_NAME, ArgumentError, ScriptArgs
 
 
 def test_positional_order_and_defaults():
@@ -23,6 +23,7 @@ def test_positional_order_and_defaults():
         "refinement_schedule",
         "lookahead_candidates",
         "lookahead_steps",
+        "thresholds",
     ]
     args = ScriptArgs.from_script_args([True, "cat, dog", 3])
     assert (args.enabled, args.subjects, args.params.max_rounds) == (True, "cat, dog", 3)
@@ -57,7 +58,8 @@ def test_settings_defaults_apply_and_explicit_values_win():
         ([{"diagnostics": "0"}], r"'diagnostics' must be a boolean \(true or false\), got '0'"),
         ([{"diagnostics": 1}], r"'diagnostics' must be a boolean \(true or false\), got 1"),
         ([0, "cat"], r"'enabled' must be a boolean \(true or false\), got 0"),
-        ([True] + [None] * 20, "at most 19 positional arguments, got 21"),
+        ([True] + [None] * 20, "at most 20 positional arguments, got 21"),
+        ([{"thresholds": "calibrate"}], "'thresholds' must be one of 'calibrated', 'official', got 'calibrate'"),
         (
             [{"method": "initno++"}],
             r"'method' must be one of 'lookahead', 'initno', 'initno\+', 'ae', got 'initno\+\+'",
@@ -101,7 +103,8 @@ def test_booleans_are_json_booleans_or_their_text():
 
 
 def test_infotext_has_every_parameter_and_leaves_defaults_of_the_optional_ones_out():
-    text = ScriptArgs.from_named({"enabled": True, "subjects": "", "method": "initno", "max_rounds": 2}).infotext()
+    named = {"enabled": True, "subjects": "", "method": "initno", "max_rounds": 2, "thresholds": "official"}
+    text = ScriptArgs.from_named(named).infotext()
     assert text["InitNO max rounds"] == 2
     assert text["InitNO KL bound"] == 0.001
     assert "InitNO subjects" not in text and "InitNO diagnostics" not in text  # left out, not None
@@ -111,6 +114,25 @@ def test_infotext_has_every_parameter_and_leaves_defaults_of_the_optional_ones_o
     chosen = ScriptArgs.from_named({"subjects": "cat", "diagnostics": True}).infotext()
     assert (chosen["InitNO subjects"], chosen["InitNO diagnostics"]) == ("cat", True)
     assert len({a.infotext for a in ARGS}) == len(ARGS)
+
+
+def test_thresholds_are_calibrated_by_default_for_the_methods_that_optimise_the_noise():
+    from initno.webui.args import OFFICIAL_THRESHOLD_ARGS
+
+    initno = ScriptArgs.from_named({"method": "initno", "cross_threshold": 0.1})
+    assert initno.thresholds == "calibrated" and initno.calibrated
+    assert ScriptArgs.from_named({"method": "initno+"}).calibrated
+    assert not ScriptArgs.from_named({"method": "initno", "thresholds": "Official (SD1.4's)"}).calibrated  # the label
+    assert not ScriptArgs.from_named({"method": "lookahead"}).calibrated  # Fast has no validity thresholds
+    # the infotext says which thresholds; the settings' thresholds only where they were used
+    text = initno.infotext()
+    assert text["InitNO thresholds"] == "calibrated"
+    assert not {BY_NAME[name].infotext for name in OFFICIAL_THRESHOLD_ARGS} & set(text)
+    official = initno.replace(thresholds="official").infotext()
+    assert (official["InitNO thresholds"], official["InitNO cross threshold"]) == ("official", 0.1)
+    assert "InitNO thresholds" not in ScriptArgs.from_named({"method": "ae"}).infotext()
+    for name in OFFICIAL_THRESHOLD_ARGS:
+        assert "Used with Thresholds: official" in BY_NAME[name].help
 
 
 def test_requests_enabled_reads_only_the_switch():
@@ -142,7 +164,7 @@ def test_the_readme_documents_the_positional_order_the_code_accepts():
     values |= {"cross_threshold": 0.25, "conflict_threshold": 0.35, "learning_rate": 0.02, "adam_eps": 0.002}
     values |= {"kl_bound": 0.003, "kl_max_steps": 500, "diagnostics": True, "method": "ae", "guided_fraction": 0.3}
     values |= {"step_scale": 10.0, "max_refinement": 5, "refinement_schedule": "0:0.5"}
-    values |= {"lookahead_candidates": 6, "lookahead_steps": 3}
+    values |= {"lookahead_candidates": 6, "lookahead_steps": 3, "thresholds": "official"}
     by_label = {arg.label: arg.name for arg in ARGS}
     positional = [values[by_label[control]] for control, _ in table]
     assert ScriptArgs.from_script_args(positional).as_named() == values

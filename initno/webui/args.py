@@ -29,6 +29,16 @@ GUIDANCE_DEFAULTS = {spec.name: spec.default for spec in dataclasses.fields(Guid
 GUIDANCE_ARGS = ("guided_fraction", "step_scale", "max_refinement", "refinement_schedule")
 """Arguments of the sampling guidance (InitNO+, Attend-and-Excite): left out of the infotext for InitNO alone."""
 
+CALIBRATED, OFFICIAL = "calibrated", "official"
+THRESHOLD_CHOICES = ((CALIBRATED, "Calibrated to the model"), (OFFICIAL, "Official (SD1.4's)"))
+"""Where the noise optimisation's validity thresholds come from: a calibration of the loaded model
+(`initno.webui.calibration`), or the Cross-/Self-attention threshold settings (official: 0.2, 0.3)."""
+BEFORE_CALIBRATION = OFFICIAL
+"""What an infotext of the noise optimisation without `InitNO thresholds` was made with."""
+OFFICIAL_THRESHOLD_ARGS = ("cross_threshold", "conflict_threshold")
+"""The settings that apply only with the official thresholds."""
+THRESHOLD_HELP = " Used with Thresholds: official; calibrated thresholds come from the loaded model."
+
 LOOKAHEAD_DEFAULTS = LookaheadParams()
 LOOKAHEAD_ARGS = ("lookahead_candidates", "lookahead_steps")
 """Arguments of lookahead selection: left out of the infotext for the other methods."""
@@ -61,7 +71,7 @@ def _engine_args() -> list[Arg]:
                 maximum=meta["maximum"],
                 step=meta["step"],
                 advanced=meta["advanced"],
-                help=meta["help"],
+                help=meta["help"] + (THRESHOLD_HELP if spec.name in OFFICIAL_THRESHOLD_ARGS else ""),
             )
         )
     return args
@@ -169,6 +179,17 @@ ARGS: tuple[Arg, ...] = (
         help="Fast: sampling steps each noise runs before its attention is scored (at most the generation's "
         "steps − 1).",
     ),
+    Arg(
+        "thresholds",
+        CALIBRATED,
+        "Thresholds",
+        "InitNO thresholds",
+        str,
+        choices=THRESHOLD_CHOICES,
+        help="InitNO and InitNO+: when the noise counts as valid. Calibrated: the loaded model's own scores of "
+        "random noises (their best quarter), measured once per model and size; official: the Cross- and "
+        "Self-attention thresholds (0.2 and 0.3, SD1.4's statistics).",
+    ),
 )
 """In UI (and positional API) order."""
 
@@ -188,6 +209,7 @@ class ScriptArgs:
     refinement_schedule: str
     lookahead_candidates: int
     lookahead_steps: int
+    thresholds: str
     """Built by `from_named`, from the defaults in `ARGS`."""
 
     @property
@@ -197,6 +219,11 @@ class ScriptArgs:
     @property
     def selects_noise(self) -> bool:
         return methods.method_of(self.method).selects_noise
+
+    @property
+    def calibrated(self) -> bool:
+        """The noise optimisation's validity thresholds come from a calibration of the loaded model."""
+        return self.optimises_noise and self.thresholds == CALIBRATED
 
     @property
     def lookahead(self) -> LookaheadParams | None:
@@ -271,7 +298,9 @@ class ScriptArgs:
         added by the job). Settings at their default that say "nothing chosen" (automatic subjects,
         diagnostics off, the official refinement schedule) are left out, as keys, not as None values: the
         API's `info` shows `extra_generation_params` as they are. The method is always there: an infotext
-        without it was written when InitNO was the default (`methods.BEFORE_LOOKAHEAD`)."""
+        without it was written when InitNO was the default (`methods.BEFORE_LOOKAHEAD`). So are the thresholds
+        for the noise optimisation: without them, it predates calibration (`BEFORE_CALIBRATION`); with
+        calibrated ones, the Cross-/Self-attention threshold settings are not used and left out."""
         named = self.as_named()
         optional = ("subjects", "diagnostics", "refinement_schedule")
         left_out = {"enabled"} | {name for name in optional if not named[name]}
@@ -280,5 +309,7 @@ class ScriptArgs:
         if not self.selects_noise:
             left_out |= set(LOOKAHEAD_ARGS)
         if not self.optimises_noise:
-            left_out |= {spec.name for spec in PARAMETERS}
+            left_out |= {spec.name for spec in PARAMETERS} | {"thresholds"}
+        if self.calibrated:
+            left_out |= set(OFFICIAL_THRESHOLD_ARGS)
         return {arg.infotext: named[arg.name] for arg in ARGS if arg.name not in left_out}

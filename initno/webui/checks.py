@@ -66,6 +66,13 @@ def check_other_extensions(unet: torch.nn.Module) -> None:
         raise faults.cross_attention_replaced(_extension_of(forward), name)
 
 
+def unet_forward_owner(unet: torch.nn.Module) -> str | None:
+    """The extension that replaced the UNet's own forward for this generation (ControlNet does: its residuals
+    come from the generation's control image), or None."""
+    forward = unet.__dict__.get("forward")
+    return _extension_of(forward) if forward is not None else None
+
+
 def _extension_of(function) -> str:
     """The extension (its folder) whose file defines `function`, else that file's name."""
     function = getattr(function, "func", function)  # functools.partial

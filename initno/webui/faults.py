@@ -110,6 +110,18 @@ def cross_attention_replaced(owner: str, layer: str) -> Unsupported:
 
 # -- faults while running ---------------------------------------------------------------------------------
 
+
+def calibration_prompt(prompt: str, error: Exception) -> str:
+    return (
+        f"the thresholds could not be calibrated: the calibration prompt {prompt!r} does not read as expected "
+        f"({error}); choose Thresholds: Official"
+    )
+
+
+def calibration_not_saved(path, error: OSError) -> str:
+    return f"InitNO: the calibration could not be saved to {path} ({error}); it is kept until the WebUI restarts"
+
+
 OUT_OF_MEMORY = "out of memory; try a smaller image, fewer subjects or --medvram"
 
 

@@ -17,7 +17,9 @@ def add_diagnostics(p, processed, outcomes: dict[int, ImageOutcome], params: Ini
         outcome = outcomes[index]
         labels = [s.text for s in outcome.subjects]
         trace = outcome.guide.trace if outcome.guide is not None else None
-        image = diagnostic_image(outcome.result, labels, params, guidance=trace)
+        calibrated = outcome.calibration
+        thresholds = params if calibrated is None else (calibrated.cross, calibrated.conflict)
+        image = diagnostic_image(outcome.result, labels, thresholds, guidance=trace)
         if image is None:
             continue
         seed = p.all_seeds[index]

@@ -1,11 +1,12 @@
 """What the infotext says: each image's outcome (`InitNO`, `InitNO tokens`, `InitNO scores`, `InitNO
-guidance`), written as callables the host evaluates per image while generating, and as per-image lists in
-the API's `info` afterwards; the comments under the gallery."""
+calibration`, `InitNO guidance`), written as callables the host evaluates per image while generating, and as
+per-image lists in the API's `info` afterwards; the comments under the gallery."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..calibration import Calibration
 from ..guidance import ImageGuidance
 from ..optimize import ImageResult
 from ..selection import SelectionResult
@@ -14,6 +15,8 @@ from .args import ScriptArgs
 
 GUIDANCE_ONLY = "sampling guidance only"
 """The noise outcome of a method that leaves the noise as it is."""
+INTERRUPTED_CALIBRATING = "interrupted while calibrating the thresholds"
+"""The outcome of an image whose thresholds' calibration Interrupt or Skip stopped: it keeps its noise."""
 
 
 @dataclass
@@ -28,6 +31,16 @@ class ImageOutcome:
     """Why the sampling guidance did not run, or stopped early."""
     selection: SelectionResult | None = None
     """Lookahead's choice, for the method that selects the noise."""
+    calibration: Calibration | None = None
+    """Where the optimisation's validity thresholds came from, when they were calibrated to the model."""
+
+    @property
+    def calibrated_thresholds(self) -> str | None:
+        """E.g. "cross 0.412, self 0.538 (q0.25 of 32 noises)"."""
+        c = self.calibration
+        if c is None:
+            return None
+        return f"cross {c.cross:.3f}, self {c.conflict:.3f} (q{c.quantile:g} of {c.samples} noises)"
 
     @property
     def guidance(self) -> str | None:
@@ -92,6 +105,7 @@ OUTCOME_KEYS = {
     "InitNO": lambda outcome: outcome.status,
     "InitNO tokens": lambda outcome: outcome.tokens,
     "InitNO scores": lambda outcome: outcome.scores,
+    "InitNO calibration": lambda outcome: outcome.calibrated_thresholds,
     "InitNO guidance": lambda outcome: outcome.guidance,
 }
 """The per-image infotext entries and how each is read from an image's outcome."""
@@ -101,6 +115,7 @@ def outcome_keys(args: ScriptArgs) -> list[str]:
     """The per-image entries that apply to the method, in infotext order."""
     keys = ["InitNO", "InitNO tokens"]
     keys += ["InitNO scores"] if args.optimises_noise or args.selects_noise else []
+    keys += ["InitNO calibration"] if args.calibrated else []
     keys += ["InitNO guidance"] if args.guidance is not None else []
     return keys
 

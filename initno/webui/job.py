@@ -20,13 +20,15 @@ import torch
 from modules import devices
 
 from ..optimize import Denoiser, ImageRequest, ImageResult, optimize_noise
+from ..params import InitNOParams
 from ..selection import SelectionResult
 from ..subjects import Subject, choose_subjects, require_subjects
-from . import conditioning, faults, gallery, guided_sampling, infotext, lookahead, passes, progress
+from . import calibration, conditioning, faults, gallery, guided_sampling, infotext, lookahead, passes, progress
 from .args import ScriptArgs
 from .hosts import Host, host_of
 from .infotext import (
     GUIDANCE_ONLY,
+    INTERRUPTED_CALIBRATING,
     ImageOutcome,
     comment,
     interrupted_selection,
@@ -67,7 +69,10 @@ class InitNOJob:
             self._select(p, host, x, denoiser, requests, positions, first)
             host.use_noise(p, x)
         if self.args.optimises_noise:
-            results, denoiser = self._optimise(p, host, x, denoiser, requests)
+            params = self._params(p, host, x, denoiser, positions, first)
+            if params is None:
+                return
+            results, denoiser = self._optimise(p, host, x, denoiser, requests, params)
             for i, result in zip(positions, results):
                 self._use_result(x, i, first + i, result)
             host.use_noise(p, x)
@@ -100,30 +105,50 @@ class InitNOJob:
         softmax = conditioning.softmax_positions(p.sd_model, prompt.tokens)
         return subjects, ImageRequest(noise.detach().clone(), p.seeds[i], cond, positions, softmax)
 
-    def _optimise(self, p, host: Host, x, denoiser: Denoiser, requests) -> tuple[list[ImageResult], Denoiser]:
+    def _params(self, p, host: Host, x, denoiser: Denoiser, positions, first: int) -> InitNOParams | None:
+        """The optimisation's settings with the validity thresholds in effect: the settings' (official), or
+        the loaded model's calibration, recorded for each image's infotext. None if Interrupt or Skip stopped
+        the calibration: the images keep their noise."""
+        if not self.args.calibrated:
+            return self.args.params
+        try:
+            calibrated = calibration.calibration_for(p, host, denoiser, x)
+        except progress.Interrupted:
+            for i in positions:
+                self.outcomes[first + i].status = INTERRUPTED_CALIBRATING
+            return None
+        for i in positions:
+            self.outcomes[first + i].calibration = calibrated
+        return self.args.params.replace(cross_threshold=calibrated.cross, conflict_threshold=calibrated.conflict)
+
+    def _optimise(
+        self, p, host: Host, x, denoiser: Denoiser, requests, params: InitNOParams
+    ) -> tuple[list[ImageResult], Denoiser]:
         """The batch's optimised noise, and the denoiser that managed it: Automatic checkpointing can misjudge
         the free memory (e.g. --medvram moves the UNet in only when it runs), so a step that ran out of
         memory without checkpointing is tried once more with it."""
         with host.prepared(x):
-            results = self._optimise_unless_short_of_memory(host, denoiser, requests)
+            results = self._optimise_unless_short_of_memory(host, denoiser, requests, params)
             if results is None:  # outside the `except`, whose traceback would hold the failed pass's memory
                 devices.torch_gc()
                 denoiser = replace(denoiser, checkpoint_blocks=True)
-                results = self._optimise_once(host, denoiser, requests)
+                results = self._optimise_once(host, denoiser, requests, params)
         return results, denoiser
 
-    def _optimise_unless_short_of_memory(self, host: Host, denoiser: Denoiser, requests) -> list[ImageResult] | None:
+    def _optimise_unless_short_of_memory(
+        self, host: Host, denoiser: Denoiser, requests, params: InitNOParams
+    ) -> list[ImageResult] | None:
         try:
-            return self._optimise_once(host, denoiser, requests)
+            return self._optimise_once(host, denoiser, requests, params)
         except torch.cuda.OutOfMemoryError:
             if denoiser.checkpoint_blocks or not passes.checkpointing_automatic():
                 raise
             return None
 
-    def _optimise_once(self, host: Host, denoiser: Denoiser, requests) -> list[ImageResult]:
-        shown = progress.NoiseProgress(self.args.params, len(requests))
+    def _optimise_once(self, host: Host, denoiser: Denoiser, requests, params: InitNOParams) -> list[ImageResult]:
+        shown = progress.NoiseProgress(params, len(requests))
         with passes.differentiable_passes(host, denoiser.unet):
-            return optimize_noise(denoiser, requests, self.args.params, progress=shown, cancel=progress.cancelled)
+            return optimize_noise(denoiser, requests, params, progress=shown, cancel=progress.cancelled)
 
     def _select(self, p, host: Host, x, denoiser: Denoiser, requests, positions, first: int) -> None:
         """Each image's noise chosen by lookahead, one image after the other (its candidates share the UNet
@@ -137,7 +162,7 @@ class InitNOJob:
                 shown.next_image(n)
                 try:
                     result = lookahead.select(p, host, denoiser, request, uncond, params, shown)
-                except lookahead.Interrupted:
+                except progress.Interrupted:
                     for later, j in enumerate(positions[n:]):
                         self.outcomes[first + j].status = interrupted_selection(shown.passes if later == 0 else 0)
                     return

@@ -24,10 +24,7 @@ from ..optimize import Denoiser, ImageRequest
 from ..selection import LookaheadParams, SelectionRequest, SelectionResult, batch_conds, select_by_lookahead
 from . import faults, progress
 from .hosts import Host
-
-
-class Interrupted(Exception):
-    """Interrupt or Skip was pressed during lookahead's passes."""
+from .progress import counted
 
 
 def params_for(requested: LookaheadParams, steps: int) -> LookaheadParams:
@@ -69,19 +66,6 @@ class HostAdvance:
             dtype=torch.float32,
         )
         return ahead.to(latents.dtype), self.timesteps[steps]
-
-
-def counted(apply, shown: progress.LookaheadProgress):
-    """`apply` that stops on Interrupt or Skip before each UNet call and counts its passes (before the call:
-    the scoring pass ends inside the UNet, where the capture stops it)."""
-
-    def counting_apply(latent: torch.Tensor, timesteps: torch.Tensor, cond):
-        if progress.cancelled():
-            raise Interrupted
-        shown(latent.shape[0])
-        return apply(latent, timesteps, cond)
-
-    return counting_apply
 
 
 def select(

@@ -43,10 +43,14 @@ ACTIVATION_BYTES_PER_PIXEL = {"sd1": 1624.0, "sd2": 1468.0, "sdxl": 4761.0}
 checkpointing: the peaks of `python -m initno.bench --arch A --dtype bf16` divided by the pixels."""
 
 
+def family_of(model) -> str:
+    """The family, sd1, sd2 or sdxl, by the flags every host puts on its model."""
+    return "sdxl" if getattr(model, "is_sdxl", False) else "sd2" if getattr(model, "is_sd2", False) else "sd1"
+
+
 def activation_bytes(p, host: Host) -> float:
     """The memory an InitNO step needs above the loaded model, without checkpointing."""
-    model = p.sd_model
-    family = "sdxl" if getattr(model, "is_sdxl", False) else "sd2" if getattr(model, "is_sd2", False) else "sd1"
+    family = family_of(p.sd_model)
     return ACTIVATION_BYTES_PER_PIXEL[family] * p.width * p.height * host.compute_dtype().itemsize / 2
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+import torch
 from modules import devices, shared
 
 from ..guidance import GuidancePlan
@@ -14,6 +18,23 @@ from ..selection import LookaheadParams
 def cancelled() -> bool:
     """Whether the user pressed Interrupt or Skip."""
     return bool(shared.state.interrupted or shared.state.skipped)
+
+
+class Interrupted(Exception):
+    """Interrupt or Skip was pressed during InitNO's forward passes (lookahead, calibration)."""
+
+
+def counted(apply: Callable[[torch.Tensor, torch.Tensor, Any], Any], shown: Callable[[int], None]):
+    """`apply` that stops on Interrupt or Skip before each UNet call and counts its passes with `shown` (before
+    the call: a scoring pass ends inside the UNet, where the capture stops it)."""
+
+    def counting_apply(latent: torch.Tensor, timesteps: torch.Tensor, cond):
+        if cancelled():
+            raise Interrupted
+        shown(latent.shape[0])
+        return apply(latent, timesteps, cond)
+
+    return counting_apply
 
 
 def done() -> None:
@@ -70,6 +91,21 @@ class LookaheadProgress:
         state.textinfo = f"InitNO lookahead{which} · pass {self.passes}/{self.params.passes}"
         state.sampling_steps = self.params.passes * self.image_count
         state.sampling_step = min(self.done, state.sampling_steps)
+
+
+class CalibrationProgress:
+    """'InitNO calibrating the thresholds · pass p/P' while the calibration's noises are scored."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.done = 0
+
+    def __call__(self, passes: int) -> None:
+        self.done += passes
+        state = shared.state
+        state.textinfo = f"InitNO calibrating the thresholds · pass {self.done}/{self.total}"
+        state.sampling_steps = self.total
+        state.sampling_step = min(self.done, self.total)
 
 
 class GuidanceProgress:

@@ -9,7 +9,16 @@ from modules.ui_components import InputAccordion
 
 from ..guidance import OFFICIAL_REFINEMENTS, format_refinements
 from ..methods import BEFORE_LOOKAHEAD, INITNO_PLUS, METHODS, method_of
-from .args import ARGS, BY_NAME, GUIDANCE_ARGS, LOOKAHEAD_ARGS, Arg
+from .args import (
+    ARGS,
+    BEFORE_CALIBRATION,
+    BY_NAME,
+    GUIDANCE_ARGS,
+    LOOKAHEAD_ARGS,
+    OFFICIAL,
+    OFFICIAL_THRESHOLD_ARGS,
+    Arg,
+)
 from .passes import CHECKPOINTING
 
 SETTINGS_SECTION = ("initno", "InitNO", "sd")
@@ -96,8 +105,10 @@ def accordion(tabname: str) -> tuple[list, list]:
             with gr.Row():
                 for name in ("max_rounds", "steps_per_round", "fallback_steps"):
                     controls[name] = _control(BY_NAME[name], defaults[name], f"{prefix}_{name}")
-            with gr.Row():
-                for name in ("cross_threshold", "conflict_threshold"):
+            controls["thresholds"] = _control(BY_NAME["thresholds"], defaults["thresholds"], f"{prefix}_thresholds")
+            # The settings' thresholds apply only when the official ones are chosen.
+            with gr.Row(visible=defaults["thresholds"] == OFFICIAL) as official_thresholds:
+                for name in OFFICIAL_THRESHOLD_ARGS:
                     controls[name] = _control(BY_NAME[name], defaults[name], f"{prefix}_{name}")
         with gr.Row(visible=method_of(method).guides_sampling) as guidance_settings:
             for name in ("guided_fraction", "step_scale", "max_refinement"):
@@ -113,6 +124,9 @@ def accordion(tabname: str) -> tuple[list, list]:
         outputs=[lookahead_settings, noise_settings, guidance_settings],
         show_progress=False,
     )
+    controls["thresholds"].change(
+        official_thresholds_shown, inputs=[controls["thresholds"]], outputs=[official_thresholds], show_progress=False
+    )
     ordered = [controls[arg.name] for arg in ARGS]
     return ordered, paste_fields(ordered)
 
@@ -122,6 +136,11 @@ def settings_shown(method: str) -> tuple[dict, dict, dict]:
     chosen = method_of(BY_NAME["method"].convert(method))
     shown = (chosen.selects_noise, chosen.optimises_noise, chosen.guides_sampling)
     return tuple(gr.update(visible=visible) for visible in shown)
+
+
+def official_thresholds_shown(thresholds: str) -> dict:
+    """Visibility of the Cross-/Self-attention threshold settings: they apply to the official thresholds only."""
+    return gr.update(visible=BY_NAME["thresholds"].convert(thresholds) == OFFICIAL)
 
 
 def hidden(tabname: str) -> list:
@@ -143,6 +162,8 @@ def paste_fields(controls: list) -> list:
             fields.append((control, _subjects_of_the_pasted_prompt))
         elif arg.name in ("diagnostics", "method", *GUIDANCE_ARGS, *LOOKAHEAD_ARGS):
             fields.append((control, _when_initno(arg)))
+        elif arg.name == "thresholds":
+            fields.append((control, _thresholds_of_the_pasted_method))
         else:
             fields.append((control, arg.infotext))
     return fields
@@ -152,6 +173,18 @@ def _subjects_of_the_pasted_prompt(params) -> str:
     """Subjects belong to their prompt: the pasted prompt brings its own, or none (automatic), whether or
     not the infotext has InitNO; old subjects left behind would not be in the new prompt."""
     return params.get(BY_NAME["subjects"].infotext, "")
+
+
+def _thresholds_of_the_pasted_method(params):
+    """The thresholds are written for the noise optimisation; its infotexts without them predate calibration,
+    when the official ones were the only ones. For the other methods they do not apply: the default."""
+    if "InitNO" not in params:
+        return None
+    arg = BY_NAME["thresholds"]
+    if arg.infotext in params:
+        return arg.convert(params[arg.infotext])
+    method = _when_initno(BY_NAME["method"])(params)
+    return BEFORE_CALIBRATION if method_of(method).optimises_noise else arg.default
 
 
 def _when_initno(arg: Arg):

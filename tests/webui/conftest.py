@@ -101,6 +101,17 @@ def clean_host_state(webui):
     errors.reported.clear()
 
 
+@pytest.fixture(autouse=True)
+def calibrations(tmp_path, monkeypatch) -> Path:
+    """Each test starts without calibrations, and keeps them in its own file, never the extension's."""
+    from initno.webui import calibration
+
+    path = tmp_path / "calibrations.json"
+    monkeypatch.setattr(calibration, "CACHE_FILE", path)
+    monkeypatch.setattr(calibration, "_cache", None)
+    return path
+
+
 def assert_no_hooks_left(model: StandInSD1Model) -> None:
     unet = model.model.diffusion_model
     assert all("forward" not in m.__dict__ for m in unet.modules()), "an instance forward was left behind"

@@ -22,6 +22,7 @@ ON = {
     "max_rounds": 1,
     "steps_per_round": 2,
     "fallback_steps": 0,
+    "thresholds": "official",
 }
 SIZE = {"width": 128, "height": 128}
 

@@ -23,6 +23,7 @@ QUICK = {
     "max_rounds": 2,
     "steps_per_round": 2,
     "fallback_steps": 2,
+    "thresholds": "official",
 }
 SIZE = {"width": 128, "height": 128}
 HINT = torch.linspace(0, 1, 3 * 128 * 128).reshape(1, 3, 128, 128)  # the unit's control image
@@ -156,4 +157,24 @@ def test_a_fault_in_initnos_pass_leaves_nothing_behind(webui, controlnet, monkey
     assert len(processed.images) == 1  # the image is still made, with ControlNet, without InitNO
     assert _status(processed) == "skipped: internal error: RuntimeError: control model failed"
     assert controlnet.networks[-1].moved_to_cpu == 1  # a real error does reach ControlNet's handler
+    assert_nothing_of_initno_left(webui.model.model.diffusion_model)
+
+
+def test_the_thresholds_calibrate_through_the_controlled_model_for_each_batch(webui, controlnet):
+    """The calibration's prompts carry no marker: ControlNet takes them as all positive, as it takes any
+    unmarked context, and its residuals take part, as in InitNO's own passes. Those come from this
+    generation's control image, so the calibration is made for each batch and never kept."""
+    from initno.webui import calibration
+
+    controlnet.units = [ControlNetUnit(weight=1.0, hint=HINT)]
+    for _ in range(2):
+        processed = webui.txt2img({**QUICK, "thresholds": "calibrated"}, **SIZE)
+        info = infotext_utils.parse_generation_parameters(processed.infotexts[0])
+        assert info["InitNO thresholds"] == "calibrated" and info["InitNO"].startswith(("valid", "not valid"))
+    calls = [c for network in controlnet.networks for c in network.calls]  # one network per generation
+    calibrating = [c for c in calls if c["batch"] == 4]  # 4 noises a call
+    assert len(controlnet.networks) == 2 and len(calibrating) == 2 * 8
+    assert all(c["cond"] == c["uncond"] == [] and not c["grad"] for c in calibrating)  # unmarked: positive
+    assert {c["context_length"] for c in calls} == {77}
+    assert calibration.cache().entries == {}
     assert_nothing_of_initno_left(webui.model.model.diffusion_model)

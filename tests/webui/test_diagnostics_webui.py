@@ -9,7 +9,14 @@ import json
 from modules import images
 from PIL import Image
 
-QUICK = {"subjects": "cat, dog", "method": "initno", "max_rounds": 1, "steps_per_round": 2, "fallback_steps": 0}
+QUICK = {
+    "subjects": "cat, dog",
+    "method": "initno",
+    "max_rounds": 1,
+    "steps_per_round": 2,
+    "fallback_steps": 0,
+    "thresholds": "official",
+}
 SIZE = {"width": 128, "height": 128}
 
 

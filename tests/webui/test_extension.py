@@ -184,7 +184,7 @@ def test_settings_are_listed_under_the_stable_diffusion_category(webui):
 
     shared.opts.reorder()  # as the host does when it builds the Settings page
     keys = [key for key in shared.opts.data_labels if key.startswith("initno_")]
-    assert len(keys) == 18  # Memory, and the default of each setting but the switch and the subjects
+    assert len(keys) == 19  # Memory, and the default of each setting but the switch and the subjects
     assert {shared.opts.data_labels[key].section for key in keys} == {("initno", "InitNO")}
     assert {shared.opts.category_label(key) for key in keys} == {"Stable Diffusion"}  # not "Uncategorized"
 

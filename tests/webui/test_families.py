@@ -24,6 +24,7 @@ QUICK = {
     "max_rounds": 1,
     "steps_per_round": 2,
     "fallback_steps": 0,
+    "thresholds": "official",
 }
 
 

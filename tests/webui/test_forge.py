@@ -22,7 +22,7 @@ from initno.tiny import TINY_UNET
 from initno.webui import job as job_module
 from initno.webui.hosts import forge
 
-QUICK = {"method": "initno", "max_rounds": 2, "steps_per_round": 2, "fallback_steps": 1}
+QUICK = {"method": "initno", "max_rounds": 2, "steps_per_round": 2, "fallback_steps": 1, "thresholds": "official"}
 ON = {"enabled": True, "subjects": "cat, dog", **QUICK}
 SIZE = {"width": 128, "height": 128}
 

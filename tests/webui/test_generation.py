@@ -16,7 +16,7 @@ from initno import optimize as optimize_module
 from initno.webui import infotext
 from initno.webui import job as job_module
 
-QUICK = {"method": "initno", "max_rounds": 2, "steps_per_round": 2, "fallback_steps": 2}
+QUICK = {"method": "initno", "max_rounds": 2, "steps_per_round": 2, "fallback_steps": 2, "thresholds": "official"}
 ON = {"enabled": True, "subjects": "cat, dog", **QUICK}
 SIZE = {"width": 128, "height": 128}  # latent 16×16: InitNO reads the 4×4 grid
 

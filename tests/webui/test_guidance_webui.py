@@ -21,7 +21,7 @@ from initno.webui import progress as progress_module
 from initno.webui import sampler_hook
 
 SIZE = {"width": 128, "height": 128}  # latent 16×16: the 4×4 grid is read
-QUICK_NOISE = {"method": "initno", "max_rounds": 1, "steps_per_round": 2, "fallback_steps": 0}
+QUICK_NOISE = {"method": "initno", "max_rounds": 1, "steps_per_round": 2, "fallback_steps": 0, "thresholds": "official"}
 AE = {"enabled": True, "subjects": "cat, dog", "method": "ae", "max_refinement": 2}
 PLUS = {**AE, **QUICK_NOISE, "method": "initno+"}
 STEPS = 4  # guided: steps 0 and 1 (half of 4); refinement at round(10·4/50) = 1 (and 0 for Attend-and-Excite)

@@ -8,6 +8,7 @@ the real ldm `UNetModel` (tiny configurations of the SD1 and SD2 layouts, random
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import types
 
 import torch
@@ -120,6 +121,26 @@ class FrozenOpenCLIPEmbedderWithCustomWords(FrozenCLIPEmbedderWithCustomWords):
         self.id_pad = 0
 
 
+class CheckpointInfo:
+    """modules/sd_models.py `CheckpointInfo` of a loaded checkpoint: its file, names and hashes. `load_model`
+    has called `calculate_shorthash` (the sha256 of the file, in the hash cache) and put the short hash on the
+    model as `sd_model_hash`. The stand-in's sha256 is that of the checkpoint's name."""
+
+    def __init__(self, name: str):
+        self.filename = f"models/Stable-diffusion/{name}.safetensors"
+        self.name = self.name_for_extra = self.model_name = name
+        self.sha256 = hashlib.sha256(name.encode()).hexdigest()
+        self.shorthash = self.sha256[:10]
+        self.title = f"{name}.safetensors [{self.shorthash}]"
+        self.short_title = f"{name} [{self.shorthash}]"
+
+
+def load_checkpoint(model, name: str) -> None:
+    """What `load_model` records on the model about its checkpoint."""
+    model.sd_checkpoint_info = CheckpointInfo(name)
+    model.sd_model_hash = model.sd_checkpoint_info.shorthash
+
+
 class DiffusionWrapper(nn.Module):
     def __init__(self, diffusion_model, conditioning_key="crossattn"):
         super().__init__()
@@ -148,10 +169,7 @@ class StandInSD1Model(nn.Module):
         self.model = DiffusionWrapper(unet if unet is not None else build_unet(seed=0), conditioning_key)
         self.cond_stage_model = FrozenCLIPEmbedderWithCustomWords(TINY_UNET["context_dim"])
         self.register_buffer("alphas_cumprod", _alphas_cumprod())
-        self.sd_checkpoint_info = types.SimpleNamespace(
-            name_for_extra="tiny-sd1", short_title="tiny-sd1", title="tiny-sd1"
-        )
-        self.sd_model_hash = "0000000000"
+        load_checkpoint(self, "tiny-sd1")
         self.apply_model_calls = 0
 
     def get_learned_conditioning(self, texts):
@@ -173,6 +191,7 @@ class StandInSD1Model(nn.Module):
         model = cls(build_unet(TINY_SD2_UNET, seed=0))
         model.cond_stage_model = FrozenOpenCLIPEmbedderWithCustomWords(TINY_SD2_UNET["context_dim"])
         model.is_sd1, model.is_sd2, model.parameterization = False, True, parameterization
+        load_checkpoint(model, f"tiny-sd2-{parameterization}")
         return model
 
     def decode_first_stage(self, z):

@@ -14,12 +14,11 @@ depths and sgm's `label_emb` for the vector are added with ldm's own parts)."""
 from __future__ import annotations
 
 import contextlib
-import types
 
 import torch
 from ldm.modules.diffusionmodules.util import timestep_embedding
 from modules import devices, shared
-from modules.sd_models import FrozenCLIPEmbedderWithCustomWords, _alphas_cumprod
+from modules.sd_models import FrozenCLIPEmbedderWithCustomWords, _alphas_cumprod, load_checkpoint
 from torch import nn
 
 from initno.tiny import TINY_SDXL_UNET, build_unet, unet_context
@@ -113,8 +112,7 @@ class StandInSDXLModel(nn.Module):
         self.cond_stage_model = self.conditioner if len(texts) > 1 else texts[0]  # as sd_hijack.hijack sets it
         self.register_buffer("alphas_cumprod", _alphas_cumprod())  # LegacyDDPMDiscretization
         name = "tiny-sdxl-refiner" if refiner else "tiny-sdxl"
-        self.sd_checkpoint_info = types.SimpleNamespace(name_for_extra=name, short_title=name, title=name)
-        self.sd_model_hash = "1111111111"
+        load_checkpoint(self, name)
         self.apply_model_calls = 0
 
     def get_learned_conditioning(self, batch):

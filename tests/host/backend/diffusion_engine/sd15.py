@@ -17,7 +17,6 @@ backward pass. What Forge 2's A1111-compatible code and InitNO read:
 from __future__ import annotations
 
 import copy
-import types
 
 import torch
 
@@ -48,8 +47,9 @@ class StableDiffusion:
         self.forge_objects_after_applying_lora = ForgeObjects(UnetPatcher(KModel(unet, self.alphas_cumprod)))
         self.forge_objects = self.forge_objects_after_applying_lora.shallow_copy()
         self.text_processing_engine = a1111_model.cond_stage_model
-        self.sd_checkpoint_info = types.SimpleNamespace(name_for_extra="tiny", short_title="tiny", title="tiny")
-        self.sd_model_hash = "0000000000"
+        # modules/sd_models.py forge_model_reload (:509-511): the checkpoint's info and short hash
+        self.sd_checkpoint_info = a1111_model.sd_checkpoint_info
+        self.sd_model_hash = a1111_model.sd_model_hash
 
     def get_learned_conditioning(self, texts):
         with torch.inference_mode():
