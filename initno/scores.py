@@ -218,7 +218,10 @@ class Scores:
     joint: float
 
     def is_valid(self, cross_threshold: float, conflict_threshold: float) -> bool:
-        return self.cross < cross_threshold and self.conflict < conflict_threshold
+        # Above the gate the conflict is switched off, not measured: such a noise is never valid. The official
+        # thresholds (cross < 0.2) never get there; a calibrated cross threshold can be above 0.5.
+        measured = self.cross <= CONFLICT_GATE
+        return self.cross < cross_threshold and measured and self.conflict < conflict_threshold
 
     @property
     def rank(self) -> float:

@@ -236,6 +236,9 @@ def test_validity_and_candidate_rank():
     assert Scores(0.19, 0.29, 5.0, 0).is_valid(0.2, 0.3)
     assert not Scores(0.2, 0.1, 0, 0).is_valid(0.2, 0.3)
     assert not Scores(0.1, 0.3, 0, 0).is_valid(0.2, 0.3)
+    # a calibrated cross threshold above the gate: a gated (unmeasured) conflict is not a low one
+    assert not Scores(0.6, 0.0, 0, 0).is_valid(0.7, 0.4)
+    assert Scores(0.5, 0.39, 0, 0).is_valid(0.7, 0.4)
     assert Scores(0.25, 0.05, 0, 0).rank == pytest.approx(0.30)
     assert Scores(0.6, 0.0, 0, 0).rank == pytest.approx(1.6)  # conflict zeroed by the gate: +1
 
