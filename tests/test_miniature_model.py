@@ -144,3 +144,15 @@ def test_each_design_builds_saves_and_loads_as_itself(tmp_path):
     assert len(split.prompts) * len(split.seeds) == 640 and sum("," in p for p in split.prompts) == 10
     with pytest.raises(ValueError, match="unknown miniature 'nope'; miniatures: miniature, miniature-16"):
         Miniature.build(design="nope")
+
+
+def test_the_learning_rate_warms_up_decays_and_then_holds_its_floor():
+    """Warm-up to the peak over 100 steps, cosine to a tenth over `decay_steps`, then that tenth: a run
+    extended past its decay (the second miniature: 5000 + 3000) is the same run as one made in one go."""
+    from initno.miniature.train import _learning_rate
+
+    assert _learning_rate(0, 5000, 1e-3) == pytest.approx(1e-5)
+    assert _learning_rate(99, 5000, 1e-3) == pytest.approx(1e-3)
+    assert _learning_rate(2550, 5000, 1e-3) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))  # halfway: cos = 0
+    assert _learning_rate(5000, 5000, 1e-3) == pytest.approx(1e-4)
+    assert _learning_rate(7999, 5000, 1e-3) == pytest.approx(1e-4)

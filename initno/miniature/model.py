@@ -55,7 +55,8 @@ class Design:
     triple_share: float
     """Share of training images with three subjects (their captions use a comma)."""
     training: dict
-    """`train` defaults: batch, steps, bf16 (autocast on CPUs with bf16 units: about 1.6× faster)."""
+    """`train` defaults: batch, steps, decay_steps (if shorter than steps), bf16 (autocast on CPUs with bf16
+    units: about 1.6× faster)."""
 
     @property
     def unet(self) -> dict:
@@ -116,7 +117,9 @@ DESIGNS = {
             fold=1,
             attention_resolutions=(4,),
             triple_share=0.25,
-            training={"batch": 32, "steps": 5000, "bf16": True},
+            # 5000 steps of cosine decay, then 3000 at the floor learning rate: at 5000 it drew a single
+            # subject in too few images (weights/TRAINING-miniature-16.md).
+            training={"batch": 32, "steps": 8000, "decay_steps": 5000, "bf16": True},
         ),
     )
 }

@@ -6,8 +6,9 @@ is bit-for-bit repeatable; another CPU may round differently.
 
 Each step renders a batch, encodes the captions (10 % replaced by the empty prompt, for classifier-free
 guidance), noises the images at uniform timesteps and regresses the noise (eps-prediction, MSE), with
-AdamW, a short warm-up and a cosine decay. The weights shipped are an exponential moving average of the
-trained ones. A checkpoint is written every `--save-every` steps; `--resume` continues from it exactly.
+AdamW, a short warm-up and a cosine decay over `decay_steps` (then the floor learning rate, so a run can be
+extended past its decay and stay reproducible by one command). The weights shipped are an exponential moving
+average of the trained ones. A checkpoint is written every `--save-every` steps; `--resume` continues from it exactly.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ CAPTION_DROPOUT = 0.1
 WARMUP_STEPS = 100
 
 
-def _learning_rate(step: int, steps: int, peak: float) -> float:
+def _learning_rate(step: int, decay_steps: int, peak: float) -> float:
     if step < WARMUP_STEPS:
         return peak * (step + 1) / WARMUP_STEPS
-    progress = (step - WARMUP_STEPS) / max(1, steps - WARMUP_STEPS)
+    progress = min(1.0, (step - WARMUP_STEPS) / max(1, decay_steps - WARMUP_STEPS))
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -45,6 +46,7 @@ def train(args) -> int:
     for name, value in design.training.items():  # the design's defaults where the command line is silent
         if getattr(args, name) is None:
             setattr(args, name, value)
+    decay_steps = args.decay_steps or args.steps
     output = Path(args.output or design.weights)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -84,7 +86,7 @@ def train(args) -> int:
         signal = schedule[timesteps].view(-1, 1, 1, 1)
         noisy = signal.sqrt() * x0 + (1 - signal).sqrt() * noise
         for group in optimizer.param_groups:
-            group["lr"] = _learning_rate(step, args.steps, args.lr)
+            group["lr"] = _learning_rate(step, decay_steps, args.lr)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
             context = model.text_encoder(torch.stack([ids_of[c] for c in captions]))
             prediction = model.unet(noisy, timesteps=timesteps, context=context)
@@ -120,7 +122,7 @@ def train(args) -> int:
     output.parent.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k not in ("output", "checkpoint", "log", "resume")}
     if design.name == "miniature":  # its record predates designs: the same metadata, the same file hash
-        settings = {k: v for k, v in settings.items() if k not in ("model", "bf16")}
+        settings = {k: v for k, v in settings.items() if k not in ("model", "bf16", "decay_steps")}
     average.save(output, {"training": json.dumps(settings)})
     print(f"weights: {output} ({output.stat().st_size / 2**20:.1f} MiB), sha256 {sha256(output)}")
     return 0
@@ -129,6 +131,9 @@ def train(args) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="miniature", help="which miniature (its design: initno.miniature.model)")
     parser.add_argument("--steps", type=int, default=None, help="default: the design's")
+    parser.add_argument(
+        "--decay-steps", type=int, default=None, help="cosine decay length (default: the design's, else --steps)"
+    )
     parser.add_argument("--batch", type=int, default=None, help="default: the design's")
     parser.add_argument(
         "--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (default: the design's)"
