@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 
-from .attention import AttentionCapture
 from .optimize import Denoiser, frozen_parameters
 from .selection import BatchScorer, NoiseScores, SelectionRequest, Thresholds
 
@@ -71,9 +70,7 @@ def calibrate(
         raise ValueError("calibration prompts need two subjects or more (the conflict score compares subjects)")
     generator = torch.Generator(device="cpu").manual_seed(CALIBRATION_SEED)
     jobs = [(p, torch.randn(p.noise.shape, generator=generator)) for p in prompts for _ in range(noises_per_prompt)]
-    capture = AttentionCapture(
-        denoiser.unet, downsample=denoiser.downsample, context_transform=denoiser.context_transform
-    )
+    capture = denoiser.capture(backward=False)
     scorer = BatchScorer(denoiser, capture)
     scores: list[NoiseScores] = []
     with frozen_parameters(denoiser.unet), capture, torch.no_grad():

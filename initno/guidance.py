@@ -34,7 +34,6 @@ from typing import Any
 
 import torch
 
-from .attention import AttentionCapture
 from .optimize import Denoiser, frozen_parameters
 from .scores import clean_loss, conflict_loss, response_loss, smooth, subject_token_maps
 
@@ -310,13 +309,7 @@ class ImageGuidance:
         self.cache = AlignmentCache() if plan.augmented else None
         self.trace = GuidanceTrace(plan.method)
         # One capture for all steps: it learns on the first pass where the UNet can stop early.
-        self.capture = AttentionCapture(
-            denoiser.unet,
-            downsample=denoiser.downsample,
-            context_transform=denoiser.context_transform,
-            checkpoint_blocks=denoiser.checkpoint_blocks,
-            recompute_context=denoiser.recompute_context,
-        )
+        self.capture = denoiser.capture(backward=True)
 
     def guide(self, step: int, z: torch.Tensor, timestep: float) -> torch.Tensor:
         if step >= self.plan.guided or self.trace.cancelled:

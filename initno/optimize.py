@@ -46,6 +46,17 @@ class Denoiser:
     recompute_context: Callable[[], contextlib.AbstractContextManager] | None = None
     """Entered around each recomputation: what `apply` sets up around the UNet beyond autocast."""
 
+    def capture(self, *, backward: bool) -> AttentionCapture:
+        """A capture of this UNet's maps as InitNO reads them; for passes with a backward, with the
+        activation checkpointing chosen for them (forward-only passes keep nothing to recompute)."""
+        for_backward = {"checkpoint_blocks": self.checkpoint_blocks, "recompute_context": self.recompute_context}
+        return AttentionCapture(
+            self.unet,
+            downsample=self.downsample,
+            context_transform=self.context_transform,
+            **(for_backward if backward else {}),
+        )
+
 
 @dataclass
 class ImageRequest:
@@ -338,13 +349,7 @@ def optimize_noise(
     params = params or InitNOParams()
     progress = progress or (lambda *_: None)
     cancel = cancel or (lambda: False)
-    capture = AttentionCapture(
-        denoiser.unet,
-        downsample=denoiser.downsample,
-        context_transform=denoiser.context_transform,
-        checkpoint_blocks=denoiser.checkpoint_blocks,
-        recompute_context=denoiser.recompute_context,
-    )
+    capture = denoiser.capture(backward=True)
     results = []
     with frozen_parameters(denoiser.unet), capture, torch.enable_grad():
         for index, request in enumerate(requests):

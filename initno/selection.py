@@ -215,9 +215,7 @@ def select_and_polish(
     selection = selection or SelectionParams()
     params = params or InitNOParams()
     cancel = cancel or (lambda: False)
-    capture = AttentionCapture(
-        denoiser.unet, downsample=denoiser.downsample, context_transform=denoiser.context_transform
-    )
+    capture = denoiser.capture(backward=False)
     scorer = BatchScorer(denoiser, capture)
     with frozen_parameters(denoiser.unet), capture:
         candidates = [candidate_noises(r.noise, r.seed, selection.candidates) for r in requests]
@@ -347,9 +345,7 @@ def select_by_lookahead(
     0.52-0.55, docs/evaluation.md), those after 4-10 steps do better. The noise returned is the chosen
     candidate's *initial* noise; the sampler then runs from it as usual. Forward passes only."""
     lookahead = lookahead or LookaheadParams()
-    capture = AttentionCapture(
-        denoiser.unet, downsample=denoiser.downsample, context_transform=denoiser.context_transform
-    )
+    capture = denoiser.capture(backward=False)
     candidates = [candidate_noises(r.noise, r.seed, lookahead.candidates) for r in requests]
     jobs = [(i, j) for i in range(len(requests)) for j in range(lookahead.candidates)]
     scores: list[list[NoiseScores]] = [[] for _ in requests]
