@@ -100,6 +100,27 @@ def _sdpa_forward(self, x, context=None, mask=None, **kwargs):
     return self.to_out(out.transpose(1, 2).reshape(batch, x.shape[1], -1))
 
 
+def random_unet(args, arch: str):
+    """The benchmarked UNet: the layout's full-size (or `--tiny`) config with seeded random weights, on
+    `--device` in `--dtype`; and a model call as the host's `apply_model` makes it (UNet-dtype inputs, under
+    autocast). Returns (config, unet, apply)."""
+    from . import tiny
+
+    config = getattr(tiny, ARCHS[arch][1 if args.tiny else 0])
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    unet = tiny.build_unet(config, seed=0).to(device=device, dtype=dtype)
+    for module in unet.modules():  # CPU group_norm wants fp32 weights for ldm's fp32 GroupNorm32 input
+        if isinstance(module, torch.nn.GroupNorm | torch.nn.LayerNorm):
+            module.float()
+    model_call = tiny.apply_unet(unet)
+
+    def apply(latent, t, c):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            return model_call(latent.to(dtype), t, c)
+
+    return config, unet, apply
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """ "1024" or "1216x832" (width × height) -> (height, width) in pixels."""
     width, _, height = text.lower().partition("x")
@@ -134,7 +155,6 @@ class _Channel:
 def _worker(variant: str, args) -> None:
     from ldm.modules.attention import CrossAttention
 
-    from . import tiny
     from .attention import AttentionCapture
     from .optimize import Denoiser, ImageRequest, frozen_parameters, optimize_noise
     from .params import InitNOParams
@@ -146,12 +166,8 @@ def _worker(variant: str, args) -> None:
         # shared with other work a neighbour's load would stretch the steps far more, and unevenly.
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
-    config = getattr(tiny, ARCHS[args.arch][1 if args.tiny else 0])
+    config, unet, apply = random_unet(args, args.arch)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    unet = tiny.build_unet(config, seed=0).to(device=device, dtype=dtype)
-    for module in unet.modules():  # CPU group_norm wants fp32 weights for ldm's fp32 GroupNorm32 input
-        if isinstance(module, torch.nn.GroupNorm | torch.nn.LayerNorm):
-            module.float()
     if variant != "official-emulated":
         CrossAttention.forward = _sdpa_forward
     generator = torch.Generator().manual_seed(0)
@@ -162,12 +178,6 @@ def _worker(variant: str, args) -> None:
     if "adm_in_channels" in config:
         cond = {"crossattn": context, "vector": torch.randn(1, config["adm_in_channels"]).to(device, dtype)}
     timesteps = torch.full((1,), 981.0, device=device)
-    model_call = tiny.apply_unet(unet)
-
-    def apply(latent, t, c):  # as the host's apply_model: UNet-dtype inputs, under autocast
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            return model_call(latent.to(dtype), t, c)
-
     memory = _Memory(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 

@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from .bench import ARCHS, DTYPES, _sdpa_forward, parse_size
+from .bench import DTYPES, _sdpa_forward, parse_size, random_unet
 
 
 def measure(args) -> dict[str, float]:
@@ -38,27 +38,16 @@ def measure(args) -> dict[str, float]:
 
 
 def _measure(args, attention_class) -> dict[str, float]:
-    from . import tiny
     from .guidance import GuidanceSettings, ImageGuidance
     from .optimize import Denoiser
 
-    config = getattr(tiny, ARCHS["sd1"][1 if args.tiny else 0])
+    config, unet, apply = random_unet(args, "sd1")
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    unet = tiny.build_unet(config, seed=0).to(device=device, dtype=dtype)
-    for module in unet.modules():  # CPU group_norm wants fp32 weights for ldm's fp32 GroupNorm32 input
-        if isinstance(module, torch.nn.GroupNorm | torch.nn.LayerNorm):
-            module.float()
     attention_class.forward = _sdpa_forward
     generator = torch.Generator().manual_seed(0)
     height, width = parse_size(args.size)
     latent = torch.randn(1, 4, height // 8, width // 8, generator=generator).to(device)
     context = torch.randn(2, 77, config["context_dim"], generator=generator).to(device, dtype)
-    model_call = tiny.apply_unet(unet)
-
-    def apply(x, t, c):  # as the host's apply_model: UNet-dtype inputs, under autocast
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            return model_call(x.to(dtype), t, c)
-
     denoiser = Denoiser(unet=unet, apply=apply, timestep=981.0)
     plan = GuidanceSettings("ae", refinements=()).plan(50)
     guide = ImageGuidance(denoiser, context[:1], [[2], [5]], plan)

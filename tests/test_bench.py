@@ -48,3 +48,11 @@ def test_the_report_names_its_figures():
     assert any(line.startswith("official-emulated: ") and "emulated" in line for line in lines[7:])
     assert any("glibc returning freed memory at once" in line for line in lines[7:])
     assert any("default allocator, weights included" in line for line in lines[7:])
+
+
+def test_the_guidance_benchmark_measures_both_steps_on_the_tiny_model(capsys):
+    from initno import bench_guidance
+
+    assert bench_guidance.main(["--tiny", "--size", "64", "--repeats", "1"]) == 0
+    ratio = float(capsys.readouterr().out.split("ratio guided / plain: ")[1].split()[0])
+    assert ratio > 1  # a guided step is a plain step plus a guidance pass
