@@ -13,6 +13,15 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 HOST = REPO / "tests" / "host"
+QUICK_INITNO = {
+    "subjects": "cat, dog",
+    "method": "initno",
+    "max_rounds": 1,
+    "steps_per_round": 2,
+    "fallback_steps": 0,
+    "thresholds": "official",
+}
+"""The official InitNO at its smallest (one round of two steps, no fallback), as named arguments."""
 sys.path.insert(0, str(HOST))
 
 from fastapi.testclient import TestClient  # noqa: E402

@@ -12,18 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import QUICK_INITNO
 from modules import infotext_utils
 
 HOST = Path(__file__).resolve().parents[1] / "host"
-ON = {
-    "enabled": True,
-    "subjects": "cat, dog",
-    "method": "initno",
-    "max_rounds": 1,
-    "steps_per_round": 2,
-    "fallback_steps": 0,
-    "thresholds": "official",
-}
+ON = {"enabled": True, **QUICK_INITNO}
 SIZE = {"width": 128, "height": 128}
 
 

@@ -6,17 +6,11 @@ import base64
 import io
 import json
 
+from conftest import QUICK_INITNO
 from modules import images
 from PIL import Image
 
-QUICK = {
-    "subjects": "cat, dog",
-    "method": "initno",
-    "max_rounds": 1,
-    "steps_per_round": 2,
-    "fallback_steps": 0,
-    "thresholds": "official",
-}
+QUICK = QUICK_INITNO
 SIZE = {"width": 128, "height": 128}
 
 

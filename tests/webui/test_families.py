@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import assert_no_hooks_left
+from conftest import QUICK_INITNO, assert_no_hooks_left
 from modules import devices, infotext_utils, prompt_parser, shared
 from modules.sd_models import StandInSD1Model
 from modules.sd_models_xl import StandInSDXLModel
@@ -17,15 +17,7 @@ from initno.webui import job as job_module
 from initno.webui import passes
 from initno.webui.hosts import host_of
 
-QUICK = {
-    "enabled": True,
-    "subjects": "cat, dog",
-    "method": "initno",
-    "max_rounds": 1,
-    "steps_per_round": 2,
-    "fallback_steps": 0,
-    "thresholds": "official",
-}
+QUICK = {"enabled": True, **QUICK_INITNO}
 
 
 @pytest.fixture(params=["eps", "v"])
