@@ -57,6 +57,9 @@ class Design:
     training: dict
     """`train` defaults: batch, steps, decay_steps (if shorter than steps), bf16 (autocast on CPUs with bf16
     units: about 1.6× faster)."""
+    text_encoder: str | None = None
+    """The miniature whose shipped text encoder this one conditions on, frozen (as SD conditions on a frozen,
+    pretrained CLIP); None: its own, trained with the UNet."""
 
     @property
     def unet(self) -> dict:
@@ -84,6 +87,10 @@ class Design:
 
     @property
     def words(self) -> list[str]:
+        """The words its text encoder knows (a borrowed encoder knows its own miniature's: others, such as
+        the comma of three-subject captions, read as its one "unknown" token)."""
+        if self.text_encoder:
+            return design_of(self.text_encoder).words
         return ["a", "and", "next", "to", "with", *([","] if self.triple_share else []), *world.COLOURS, *world.SHAPES]
 
     def to_model_space(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -112,14 +119,15 @@ DESIGNS = {
         # The second, closer to SD1 at 512²: the 64×64×3 pixels are the UNet's input unfolded, so the 1/4
         # level is 16×16 (256 positions, SD1's `input_blocks.7/8`, `output_blocks.3/4/5`); attention only
         # there and in the middle block (at 1/2 too would double training time); three-subject scenes.
+        # Its UNet learns against the first miniature's text encoder, frozen, as SD's against CLIP: trained
+        # with its own, it did not draw yellow (weights/TRAINING-miniature-16.md).
         Design(
             "miniature-16",
             fold=1,
             attention_resolutions=(4,),
             triple_share=0.25,
-            # 5000 steps of cosine decay, then 3000 at the floor learning rate: at 5000 it drew a single
-            # subject in too few images (weights/TRAINING-miniature-16.md).
-            training={"batch": 32, "steps": 8000, "decay_steps": 5000, "bf16": True},
+            training={"batch": 32, "steps": 5000, "bf16": True},
+            text_encoder="miniature",
         ),
     )
 }

@@ -5,9 +5,10 @@ number), the timesteps, the noise and the caption dropout. On the same machine a
 is bit-for-bit repeatable; another CPU may round differently.
 
 Each step renders a batch, encodes the captions (10 % replaced by the empty prompt, for classifier-free
-guidance), noises the images at uniform timesteps and regresses the noise (eps-prediction, MSE), with
-AdamW, a short warm-up and a cosine decay over `decay_steps` (then the floor learning rate, so a run can be
-extended past its decay and stay reproducible by one command). The weights shipped are an exponential moving
+guidance; with the design's own text encoder, trained alongside, or a borrowed one, frozen), noises the
+images at uniform timesteps and regresses the noise (eps-prediction, MSE), with AdamW, a short warm-up and
+a cosine decay over `decay_steps` (then the floor learning rate, so a run can be extended past its decay
+and stay reproducible by one command). The weights shipped are an exponential moving
 average of the trained ones. A checkpoint is written every `--save-every` steps; `--resume` continues from it exactly.
 """
 
@@ -51,9 +52,14 @@ def train(args) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     model = Miniature.build(seed=args.seed, design=design.name)
-    trained = [*model.unet.parameters(), *model.text_encoder.parameters()]
     average = Miniature.build(seed=args.seed, design=design.name)  # the EMA copy, what ships
     average.eval()
+    if design.text_encoder:  # borrowed and frozen: only the UNet learns
+        borrowed = Miniature.load(design.text_encoder).text_encoder.state_dict()
+        model.text_encoder.load_state_dict(borrowed)
+        average.text_encoder.load_state_dict(borrowed)
+        model.text_encoder.eval().requires_grad_(False)
+    trained = [p for p in model.parameters() if p.requires_grad]
     use_fused_attention(model.unet)
     optimizer = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.0)
     schedule = alphas_cumprod().float()
@@ -71,7 +77,7 @@ def train(args) -> int:
         generator.set_state(state["generator"])
         start, log = state["step"], state["log"]
         print(f"resumed at step {start}")
-    averaged = [*average.unet.parameters(), *average.text_encoder.parameters()]
+    averaged = [*average.unet.parameters(), *([] if design.text_encoder else average.text_encoder.parameters())]
     ids_of: dict[str, torch.Tensor] = {}
     began, window = time.time(), []
     for step in range(start, args.steps):
@@ -87,8 +93,13 @@ def train(args) -> int:
         noisy = signal.sqrt() * x0 + (1 - signal).sqrt() * noise
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(step, decay_steps, args.lr)
+        ids = torch.stack([ids_of[c] for c in captions])
+        if design.text_encoder:
+            with torch.no_grad():  # float32, as it was trained
+                context = model.text_encoder(ids)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-            context = model.text_encoder(torch.stack([ids_of[c] for c in captions]))
+            if not design.text_encoder:
+                context = model.text_encoder(ids)
             prediction = model.unet(noisy, timesteps=timesteps, context=context)
         loss = F.mse_loss(prediction.float(), noise)
         optimizer.zero_grad(set_to_none=True)
