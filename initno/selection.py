@@ -200,6 +200,26 @@ def _project(adam: _BatchAdam, log_var, mu, params: InitNOParams, active: torch.
         shrink_into_kl_ball(log_var[i], mu[i], params.kl_bound)
 
 
+def _score_candidates(
+    requests: Sequence[SelectionRequest],
+    count: int,
+    batch_size: int,
+    score: Callable[[torch.Tensor, list[int]], list[Evaluation]],
+) -> tuple[list[list[torch.Tensor]], list[list[NoiseScores]]]:
+    """Each request's `count` candidate noises and their scores; `score(latents, owners)` evaluates up to
+    `batch_size` latents in one UNet call (`owners`: each latent's request)."""
+    candidates = [candidate_noises(r.noise, r.seed, count) for r in requests]
+    jobs = [(i, j) for i in range(len(requests)) for j in range(count)]
+    scores: list[list[NoiseScores]] = [[] for _ in requests]
+    with torch.no_grad():
+        for first in range(0, len(jobs), batch_size):
+            chunk = jobs[first : first + batch_size]
+            latents = torch.stack([candidates[i][j] for i, j in chunk])
+            for (i, _), evaluation in zip(chunk, score(latents, [i for i, _ in chunk])):
+                scores[i].append(NoiseScores.of(evaluation))
+    return candidates, scores
+
+
 def select_and_polish(
     denoiser: Denoiser,
     requests: Sequence[SelectionRequest],
@@ -218,16 +238,11 @@ def select_and_polish(
     capture = denoiser.capture(backward=False)
     scorer = BatchScorer(denoiser, capture)
     with frozen_parameters(denoiser.unet), capture:
-        candidates = [candidate_noises(r.noise, r.seed, selection.candidates) for r in requests]
-        jobs = [(i, j) for i in range(len(requests)) for j in range(selection.candidates)]
-        scores: list[list[NoiseScores]] = [[] for _ in requests]
-        with torch.no_grad():
-            for first in range(0, len(jobs), batch_size):
-                chunk = jobs[first : first + batch_size]
-                latents = torch.stack([candidates[i][j] for i, j in chunk])
-                evaluations = scorer(latents, *_inputs(requests, [i for i, _ in chunk]))
-                for (i, _), evaluation in zip(chunk, evaluations):
-                    scores[i].append(NoiseScores.of(evaluation))
+
+        def score_now(latents: torch.Tensor, owners: list[int]) -> list[Evaluation]:
+            return scorer(latents, *_inputs(requests, owners))
+
+        candidates, scores = _score_candidates(requests, selection.candidates, batch_size, score_now)
         chosen = [min(range(len(s)), key=lambda j, s=s: (s[j].rank(thresholds), j)) for s in scores]
         results = [
             SelectionResult(
@@ -346,20 +361,15 @@ def select_by_lookahead(
     candidate's *initial* noise; the sampler then runs from it as usual. Forward passes only."""
     lookahead = lookahead or LookaheadParams()
     capture = denoiser.capture(backward=False)
-    candidates = [candidate_noises(r.noise, r.seed, lookahead.candidates) for r in requests]
-    jobs = [(i, j) for i in range(len(requests)) for j in range(lookahead.candidates)]
-    scores: list[list[NoiseScores]] = [[] for _ in requests]
-    with torch.no_grad():
-        for first in range(0, len(jobs), batch_size):
-            chunk = jobs[first : first + batch_size]
-            latents = torch.stack([candidates[i][j] for i, j in chunk])
-            conds, subjects, positions = _inputs(requests, [i for i, _ in chunk])
-            ahead, timestep = advance(latents, conds, lookahead.steps)
-            scorer = BatchScorer(dataclasses.replace(denoiser, timestep=timestep), capture)
-            with frozen_parameters(denoiser.unet), capture:
-                evaluations = scorer(ahead, conds, subjects, positions)
-            for (i, _), evaluation in zip(chunk, evaluations):
-                scores[i].append(NoiseScores.of(evaluation))
+
+    def score_ahead(latents: torch.Tensor, owners: list[int]) -> list[Evaluation]:
+        conds, subjects, positions = _inputs(requests, owners)
+        ahead, timestep = advance(latents, conds, lookahead.steps)
+        scorer = BatchScorer(dataclasses.replace(denoiser, timestep=timestep), capture)
+        with frozen_parameters(denoiser.unet), capture:
+            return scorer(ahead, conds, subjects, positions)
+
+    candidates, scores = _score_candidates(requests, lookahead.candidates, batch_size, score_ahead)
     results = []
     for i, request in enumerate(requests):
         chosen = min(range(lookahead.candidates), key=lambda j, s=scores[i]: (s[j].cross + s[j].conflict, j))
