@@ -29,6 +29,7 @@ from modules import (  # noqa: E402
     devices,
     errors,
     processing,
+    rng,
     script_callbacks,
     scripts,
     sd_unet,
@@ -145,6 +146,22 @@ def optimisations(monkeypatch) -> list:
 
     monkeypatch.setattr(job_module, "optimize_noise", recording)
     return seen
+
+
+@pytest.fixture
+def noise_draws(monkeypatch) -> list[torch.Tensor]:
+    """A copy of every noise the host's ImageRNG draws, in order: the initial noise, then the ancestral
+    samplers' noise at each step."""
+    draws = []
+    real_next = rng.ImageRNG.next
+
+    def recording_next(self):
+        x = real_next(self)
+        draws.append(x.clone())
+        return x
+
+    monkeypatch.setattr(rng.ImageRNG, "next", recording_next)
+    return draws
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_no_hooks_left, interrupt_after
-from modules import devices, infotext_utils, processing, rng, sd_unet, shared
+from modules import devices, infotext_utils, processing, sd_unet, shared
 from modules.sd_hijack import Embedding, model_hijack
 
 from initno import optimize as optimize_module
@@ -173,22 +173,13 @@ def test_batches_are_reproducible_per_seed_and_equal_to_single_runs(webui, monke
     assert [_params(grid, i)["Seed"] for i in range(4)] == ["10", "11", "12", "13"]
 
 
-def test_ancestral_noise_after_the_first_step_is_unchanged(webui, monkeypatch):
-    draws = []
-    real_next = rng.ImageRNG.next
-
-    def recording_next(self):
-        x = real_next(self)
-        draws.append(x.clone())
-        return x
-
-    monkeypatch.setattr(rng.ImageRNG, "next", recording_next)
+def test_ancestral_noise_after_the_first_step_is_unchanged(webui, noise_draws):
     webui.txt2img(sampler_name="Euler a", seed=5, **SIZE)
-    plain = list(draws)
-    draws.clear()
+    plain = list(noise_draws)
+    noise_draws.clear()
     webui.txt2img(ON, sampler_name="Euler a", seed=5, **SIZE)
-    assert len(draws) == len(plain) == 4  # the initial noise, then one draw per step but the last
-    for a, b in zip(plain[1:], draws[1:]):
+    assert len(noise_draws) == len(plain) == 4  # the initial noise, then one draw per step but the last
+    for a, b in zip(plain[1:], noise_draws[1:]):
         assert torch.equal(a, b)
 
 

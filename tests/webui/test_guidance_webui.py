@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_no_hooks_left
-from modules import infotext_utils, rng, sd_samplers, shared
+from modules import infotext_utils, sd_samplers, shared
 
 from initno import guidance as guidance_module
 from initno.guidance import GuidanceSettings, ImageGuidance
@@ -365,22 +365,13 @@ def test_a_checkpoint_switch_during_the_guided_steps_stops_the_guidance(webui, m
 # -- the host around it -----------------------------------------------------------------------------------------
 
 
-def test_ancestral_noise_is_unchanged_only_the_state_moves(webui, monkeypatch, guided):
-    draws = []
-    real_next = rng.ImageRNG.next
-
-    def recording_next(self):
-        x = real_next(self)
-        draws.append(x.clone())
-        return x
-
-    monkeypatch.setattr(rng.ImageRNG, "next", recording_next)
+def test_ancestral_noise_is_unchanged_only_the_state_moves(webui, noise_draws, guided):
     plain = webui.txt2img(sampler_name="Euler a", seed=5, steps=STEPS, **SIZE)
-    plain_draws = list(draws)
-    draws.clear()
+    plain_draws = list(noise_draws)
+    noise_draws.clear()
     steered = webui.txt2img({**AE, "refinement_schedule": "none"}, sampler_name="Euler a", seed=5, steps=STEPS, **SIZE)
-    assert len(draws) == len(plain_draws) == STEPS  # the initial noise, then one draw per step but the last
-    for a, b in zip(plain_draws, draws):
+    assert len(noise_draws) == len(plain_draws) == STEPS  # the initial noise, then one draw per step but the last
+    for a, b in zip(plain_draws, noise_draws):
         assert torch.equal(a, b)
     assert guided.steps == [0, 1]
     assert not np.array_equal(_pixels(plain)[0], _pixels(steered)[0])
