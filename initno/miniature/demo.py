@@ -3,8 +3,8 @@ best of a few noises by their attention a few sampling steps ahead) and the offi
 with InitNO's diagnostic image; the candidates' scores and InitNO's, pass by pass, printed.
 
 The default prompt and seed are the first of the study split's (prompts in order, seeds from 0) where the
-plain image misses a subject and both methods' images show every subject: a case picked to show what the
-methods do, not a typical one. `python -m initno eval` says how often that happens.
+plain image misses a subject and both Fast's and InitNO's images show every subject: a case picked to show
+what the methods do, not a typical one. `python -m initno eval` says how often that happens.
 """
 
 from __future__ import annotations
