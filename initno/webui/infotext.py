@@ -93,8 +93,10 @@ def status_of(result: ImageResult) -> str:
 
 
 def status_of_selection(result: SelectionResult) -> str:
-    """E.g. "chose noise 2 of 4, 20 passes" (noise 0 is the seed's own)."""
-    return f"chose noise {result.chosen} of {len(result.candidates)}, {_count(result.passes, 'pass')}"
+    """E.g. "chose noise 2 of 4, 20 passes"; counted from 1, as users count, so noise 1 is the seed's own
+    and says so."""
+    own = " (the seed's own)" if result.chosen == 0 else ""
+    return f"chose noise {result.chosen + 1} of {len(result.candidates)}{own}, {_count(result.passes, 'pass')}"
 
 
 def interrupted_selection(passes: int) -> str:

@@ -134,7 +134,8 @@ def test_the_chosen_candidate_is_the_samplers_noise_and_the_infotext_says_so(web
     assert torch.equal(spy.sampler_noise[0][0], candidates[result.chosen])  # the sampler starts from it
     assert result.passes == DEFAULTS.passes == 20
     info = _params(processed)
-    assert info["InitNO"] == f"chose noise {result.chosen} of 4, 20 passes"
+    own = " (the seed's own)" if result.chosen == 0 else ""
+    assert info["InitNO"] == f"chose noise {result.chosen + 1} of 4{own}, 20 passes"
     assert (info["InitNO method"], info["InitNO candidates"], info["InitNO lookahead steps"]) == ("lookahead", "4", "2")
     seed_scores, chosen = result.candidates[0], result.final
     assert info["InitNO scores"] == (
@@ -202,7 +203,8 @@ def test_api_arguments_and_their_checks(webui):
     info = json.loads(response.json()["info"])
     text = info["infotexts"][0]
     assert "InitNO method: lookahead" in text and "InitNO candidates: 3" in text and "InitNO lookahead steps: 1" in text
-    assert re.search(r'InitNO: "chose noise [0-2] of 3, 9 passes"', text)  # 3 × (1 step × 2 passes + 1)
+    # 9 passes = 3 × (1 step × 2 passes + 1)
+    assert re.search(r'InitNO: "chose noise [1-3] of 3( \(the seed\'s own\))?, 9 passes"', text)
     assert info["extra_generation_params"]["InitNO scores"][0].startswith("cross ")
     for bad, message in (
         ({"lookahead_candidates": 40}, "'lookahead_candidates' must be between 2 and 16, got 40"),
