@@ -334,12 +334,13 @@ class LookaheadParams:
     """Noises sampled a few steps ahead: the seed's own and the restarts InitNO draws."""
     steps: int = 2
     """Sampling steps before the candidates are scored. 4 × 2 (20 passes) was the best setting within 30
-    passes on the miniature's study split (docs/selection-study.md); more candidates or steps plateau."""
+    passes on the miniature's study split (docs/selection-study.md); more candidates or steps plateau.
+    0 scores the noises themselves, as InitNO's first pass does: one pass a candidate."""
     passes_per_step: int = 2
     """UNet passes per sampling step (2 with classifier-free guidance)."""
 
     def __post_init__(self):
-        _require_whole_numbers(self, "lookahead", {"candidates": 1, "steps": 1, "passes_per_step": 1})
+        _require_whole_numbers(self, "lookahead", {"candidates": 1, "steps": 0, "passes_per_step": 1})
 
     @property
     def passes(self) -> int:
@@ -364,7 +365,10 @@ def select_by_lookahead(
 
     def score_ahead(latents: torch.Tensor, owners: list[int]) -> list[Evaluation]:
         conds, subjects, positions = _inputs(requests, owners)
-        ahead, timestep = advance(latents, conds, lookahead.steps)
+        if lookahead.steps:
+            ahead, timestep = advance(latents, conds, lookahead.steps)
+        else:  # the noises themselves, where InitNO scores them (the sampler's first timestep)
+            ahead, timestep = latents, denoiser.timestep
         scorer = BatchScorer(dataclasses.replace(denoiser, timestep=timestep), capture)
         with frozen_parameters(denoiser.unet), capture:
             return scorer(ahead, conds, subjects, positions)

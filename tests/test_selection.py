@@ -174,6 +174,19 @@ def test_the_cache_keeps_calibrations_per_key_and_drops_other_versions(tmp_path)
     assert CalibrationCache(path).get("model-a") is None
 
 
+def test_zero_steps_ahead_scores_the_noises_themselves_as_initnos_first_pass(denoiser, cat_and_dog):
+    def advance(latents, conds, steps):
+        raise AssertionError("nothing to sample ahead")
+
+    request = _request(cat_and_dog, seed=2)
+    (result,) = selection.select_by_lookahead(denoiser, advance, [request], selection.LookaheadParams(3, steps=0))
+    (first_pass,) = select_and_polish(denoiser, [request], SelectionParams(3, 0))
+    assert result.passes == 3
+    for mine, initnos in zip(result.candidates, first_pass.candidates):
+        assert (mine.cross, mine.conflict) == pytest.approx((initnos.cross, initnos.conflict), abs=1e-6)
+    assert result.chosen == min(range(3), key=lambda j: result.candidates[j].cross + result.candidates[j].conflict)
+
+
 def test_lookahead_chooses_by_the_attention_ahead_and_returns_the_initial_noise(denoiser, cat_and_dog):
     calls = []
 

@@ -66,7 +66,7 @@ def test_settings_defaults_apply_and_explicit_values_win():
         ),
         ([{"lookahead_candidates": 1}], "'lookahead_candidates' must be between 2 and 16, got 1"),
         ([{"lookahead_candidates": 3.5}], "'lookahead_candidates' must be int, got 3.5"),
-        ([{"lookahead_steps": 0}], "'lookahead_steps' must be between 1 and 20, got 0"),
+        ([{"lookahead_steps": -1}], "'lookahead_steps' must be between 0 and 20, got -1"),
         ([{"guided_fraction": 1.5}], "'guided_fraction' must be between 0.0 and 1.0, got 1.5"),
         ([{"max_refinement": 0}], "'max_refinement' must be between 1 and 100, got 0"),
         ([{"refinement_schedule": "10-0.2"}], r"'refinement_schedule': cannot read '10-0.2'; expected 'step:cross'"),

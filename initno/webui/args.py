@@ -173,11 +173,11 @@ ARGS: tuple[Arg, ...] = (
         "Steps ahead",
         "InitNO lookahead steps",
         int,
-        1,
+        0,
         20,
         1,
         help="Fast: sampling steps each noise runs before its attention is scored (at most the generation's "
-        "steps − 1).",
+        "steps − 1); 0 scores the noises themselves, one UNet pass each.",
     ),
     Arg(
         "thresholds",

@@ -29,7 +29,9 @@ from .progress import counted
 
 def params_for(requested: LookaheadParams, steps: int) -> LookaheadParams:
     """The settings for a generation of `steps` sampling steps: at most steps − 1 steps ahead, where the
-    scores are read at a timestep of the sampler's own schedule."""
+    scores are read at a timestep of the sampler's own schedule (0 steps ahead: any generation)."""
+    if requested.steps == 0:
+        return requested
     if steps < 2:
         raise faults.too_few_steps(steps)
     return replace(requested, steps=min(requested.steps, steps - 1))

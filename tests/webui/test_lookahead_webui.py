@@ -295,6 +295,14 @@ def test_a_step_count_below_the_steps_ahead_looks_ahead_of_all_but_the_last(webu
     assert params.steps == 1 and result.passes == 4 * 3
 
 
+def test_zero_steps_ahead_costs_a_pass_a_noise_and_serves_a_one_step_generation(webui, spy):
+    processed = webui.txt2img({**ON, "lookahead_steps": 0}, steps=1, **SIZE)
+    ((_request, result, params, _uncond),) = spy.selections
+    assert params.steps == 0 and result.passes == 4
+    assert re.fullmatch(r"chose noise [1-4] of 4( \(the seed's own\))?, 4 passes", _params(processed)["InitNO"])
+    assert torch.equal(spy.sampler_noise[0][0], candidate_noises(_request.noise, _request.seed, 4)[result.chosen])
+
+
 def test_lookahead_on_forge_2_equals_a1111(webui, spy, monkeypatch):
     forge_model = StableDiffusion(webui.model)
     parameters = list(forge_model.forge_objects.unet.model.diffusion_model.parameters())
