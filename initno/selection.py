@@ -359,7 +359,8 @@ def select_by_lookahead(
     """Chooses each image's initial noise by its attention after a few sampling steps, when the layout has
     begun to form: on the miniature InitNO's scores of the noise itself barely predict the image (AUC about
     0.52-0.55, docs/evaluation.md), those after 4-10 steps do better. The noise returned is the chosen
-    candidate's *initial* noise; the sampler then runs from it as usual. Forward passes only."""
+    candidate's *initial* noise; the sampler then runs from it as usual. Forward passes only. With 0 steps
+    ahead `advance` is not called: the noises are scored as they are, at the denoiser's timestep."""
     lookahead = lookahead or LookaheadParams()
     capture = denoiser.capture(backward=False)
 

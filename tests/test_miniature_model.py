@@ -173,6 +173,12 @@ def test_training_the_second_miniature_moves_only_its_unet(tmp_path):
 
     from initno.miniature.train import add_arguments, train
 
+    def safe_metadata(path):
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as handle:
+            return handle.metadata()
+
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     output = tmp_path / "m16.safetensors"
@@ -181,6 +187,10 @@ def test_training_the_second_miniature_moves_only_its_unet(tmp_path):
     assert train(args) == 0
     trained, first = Miniature.load(output), Miniature.load()
     fresh = Miniature.build(design="miniature-16")
-    for mine, borrowed in zip(trained.text_encoder.state_dict().values(), first.text_encoder.state_dict().values()):
-        assert torch.equal(mine, borrowed)
+    state = torch.load(tmp_path / "state.pt", weights_only=False)
+    for learned in (trained.text_encoder.state_dict(), state["text"]):  # what ships, and what was trained
+        for mine, borrowed in zip(learned.values(), first.text_encoder.state_dict().values(), strict=True):
+            assert torch.equal(mine, borrowed)
     assert not torch.equal(trained.unet.out[2].weight, fresh.unet.out[2].weight)
+    assert not torch.equal(state["unet"]["out.2.weight"], fresh.unet.out[2].weight)
+    assert "miniature (sha256 c195e5cf" in json.loads(safe_metadata(output)["training"])["text_encoder"]

@@ -54,10 +54,10 @@ def run_demo(
     (chosen,) = select_by_lookahead(mini.denoiser, mini.advance, [SelectionRequest(noise, seed, cond, positions)],
                                     lookahead)  # fmt: skip
     print(f"Fast: {lookahead.candidates} noises, each scored after {lookahead.steps} sampling steps:")
-    for index, scores in enumerate(chosen.candidates):
+    for index, scores in enumerate(chosen.candidates):  # counted from 1, as the WebUI's infotext
         own = "the seed's own noise" if index == 0 else f"restart draw {index}"
         mark = "  <- chosen" if index == chosen.chosen else ""
-        print(f"  {index}: cross {scores.cross:.4f}  self {scores.conflict:.4f}  ({own}){mark}")
+        print(f"  {index + 1}: cross {scores.cross:.4f}  self {scores.conflict:.4f}  ({own}){mark}")
     print(f"  {chosen.passes} UNet passes (forward only)")
 
     print(f"InitNO: valid when cross < {params.cross_threshold} and self < {params.conflict_threshold}")

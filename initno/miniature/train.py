@@ -32,6 +32,14 @@ def _learning_rate(step: int, decay_steps: int, peak: float) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def _same(state: dict, other: dict) -> bool:
+    import torch
+
+    return state.keys() == other.keys() and all(
+        state[k].shape == other[k].shape and torch.equal(state[k], other[k]) for k in state
+    )
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -50,12 +58,12 @@ def train(args) -> int:
     decay_steps = args.decay_steps or args.steps
     output = Path(args.output or design.weights)
     torch.set_num_threads(args.threads)
+    borrowed = Miniature.load(design.text_encoder).text_encoder.state_dict() if design.text_encoder else None
     torch.manual_seed(args.seed)
     model = Miniature.build(seed=args.seed, design=design.name)
     average = Miniature.build(seed=args.seed, design=design.name)  # the EMA copy, what ships
     average.eval()
-    if design.text_encoder:  # borrowed and frozen: only the UNet learns
-        borrowed = Miniature.load(design.text_encoder).text_encoder.state_dict()
+    if borrowed is not None:  # frozen: only the UNet learns
         model.text_encoder.load_state_dict(borrowed)
         average.text_encoder.load_state_dict(borrowed)
         model.text_encoder.eval().requires_grad_(False)
@@ -69,6 +77,10 @@ def train(args) -> int:
     start, log = 0, []
     if args.resume and checkpoint.is_file():
         state = torch.load(checkpoint, weights_only=False)
+        if borrowed is not None and not _same(state["text"], borrowed):
+            raise SystemExit(
+                f"{checkpoint} was not trained against {design.text_encoder}'s text encoder; move it away to start anew"
+            )
         model.unet.load_state_dict(state["unet"])
         model.text_encoder.load_state_dict(state["text"])
         average.unet.load_state_dict(state["ema_unet"])
@@ -132,6 +144,8 @@ def train(args) -> int:
             )
     output.parent.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k not in ("output", "checkpoint", "log", "resume")}
+    if design.text_encoder:
+        settings["text_encoder"] = f"{design.text_encoder} (sha256 {sha256(design_of(design.text_encoder).weights)})"
     if design.name == "miniature":  # its record predates designs: the same metadata, the same file hash
         settings = {k: v for k, v in settings.items() if k not in ("model", "bf16", "decay_steps")}
     average.save(output, {"training": json.dumps(settings)})

@@ -79,7 +79,10 @@ REFUSED_SAMPLERS = {
 
 
 def too_few_steps(steps: int) -> Unsupported:
-    return Unsupported(f"Fast (lookahead) needs at least 2 sampling steps (it looks ahead of the first), got {steps}")
+    return Unsupported(
+        f"Fast (lookahead) needs at least 2 sampling steps (it looks ahead of the first), got {steps}; "
+        "with Steps ahead 0 it scores the noises themselves"
+    )
 
 
 def sampler_refusal(sampler_name: str) -> str | None:

@@ -70,6 +70,10 @@ class HostAdvance:
         return ahead.to(latents.dtype), self.timesteps[steps]
 
 
+def _never_advance(latents, conds, steps):
+    raise AssertionError("0 steps ahead: the noises are scored as they are")
+
+
 def select(
     p,
     host: Host,
@@ -82,7 +86,8 @@ def select(
     """One image's chosen noise; its candidates share each UNet call, so the result does not depend on the
     other images of the batch."""
     denoiser = replace(denoiser, apply=counted(denoiser.apply, shown))
-    advance = HostAdvance(p, host, denoiser.apply, uncond)
+    # 0 steps ahead samples nothing, so any prediction type will do
+    advance = HostAdvance(p, host, denoiser.apply, uncond) if params.steps else _never_advance
     chosen = SelectionRequest(request.noise, request.seed, request.cond, request.subjects, request.softmax_positions)
     (result,) = select_by_lookahead(denoiser, advance, [chosen], params, batch_size=params.candidates)
     return result

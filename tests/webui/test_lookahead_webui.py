@@ -295,7 +295,12 @@ def test_a_step_count_below_the_steps_ahead_looks_ahead_of_all_but_the_last(webu
     assert params.steps == 1 and result.passes == 4 * 3
 
 
-def test_zero_steps_ahead_costs_a_pass_a_noise_and_serves_a_one_step_generation(webui, spy):
+def test_zero_steps_ahead_costs_a_pass_a_noise_and_serves_a_one_step_generation(webui, spy, monkeypatch):
+    def no_ddim(*args):
+        raise AssertionError("nothing is sampled ahead")
+
+    monkeypatch.setattr(lookahead, "HostAdvance", no_ddim)
+    monkeypatch.setattr(webui.model, "parameterization", "x0", raising=False)  # no schedule is needed either
     processed = webui.txt2img({**ON, "lookahead_steps": 0}, steps=1, **SIZE)
     ((_request, result, params, _uncond),) = spy.selections
     assert params.steps == 0 and result.passes == 4
