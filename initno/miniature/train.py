@@ -89,7 +89,7 @@ def train(args) -> int:
         generator.set_state(state["generator"])
         start, log = state["step"], state["log"]
         print(f"resumed at step {start}")
-    averaged = [*average.unet.parameters(), *([] if design.text_encoder else average.text_encoder.parameters())]
+    averaged = [*average.unet.parameters(), *(average.text_encoder.parameters() if borrowed is None else [])]
     ids_of: dict[str, torch.Tensor] = {}
     began, window = time.time(), []
     for step in range(start, args.steps):
@@ -106,12 +106,10 @@ def train(args) -> int:
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(step, decay_steps, args.lr)
         ids = torch.stack([ids_of[c] for c in captions])
-        if design.text_encoder:
-            with torch.no_grad():  # float32, as it was trained
-                context = model.text_encoder(ids)
+        own = borrowed is None  # a borrowed encoder runs as it was trained: float32, and it does not learn
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16 and own), torch.set_grad_enabled(own):
+            context = model.text_encoder(ids)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-            if not design.text_encoder:
-                context = model.text_encoder(ids)
             prediction = model.unet(noisy, timesteps=timesteps, context=context)
         loss = F.mse_loss(prediction.float(), noise)
         optimizer.zero_grad(set_to_none=True)
