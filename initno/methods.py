@@ -42,7 +42,7 @@ def lookahead_label(params: LookaheadParams | None = None) -> str:
     passes with classifier-free guidance; its passes are forward only)."""
     params = params or LookaheadParams()
     steps = round(params.passes / params.passes_per_step)
-    return f"Fast: choose the best of {params.candidates} noises (≈ {steps} sampling steps)"
+    return f"Fast: choose the best of {params.candidates} noises (≈ {steps} sampling step{'s' * (steps != 1)})"
 
 
 METHODS: dict[str, Method] = {

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from initno.miniature import DEMO_PROMPT, DEMO_SEED, WEIGHTS, WEIGHTS_SHA256
+from initno.miniature import DEMO_PROMPT, DEMO_SEED, WEIGHTS_SHA256
 from initno.miniature.detect import detect
 from initno.miniature.evaluate import Miniworld, initial_noise
-from initno.miniature.model import Miniature
+from initno.miniature.model import DESIGNS, Miniature
 from initno.miniature.train import sha256
 from initno.params import InitNOParams
 from initno.selection import LookaheadParams, SelectionParams, SelectionRequest, select_by_lookahead
@@ -27,9 +27,11 @@ def miniworld() -> Miniworld:
     return Miniworld(Miniature.load())
 
 
-def test_the_shipped_weights_are_the_recorded_ones():
-    assert WEIGHTS.stat().st_size <= 15 * 2**20
-    assert sha256(WEIGHTS) == WEIGHTS_SHA256
+@pytest.mark.parametrize("name", DESIGNS)
+def test_the_shipped_weights_are_the_recorded_ones(name):
+    weights = DESIGNS[name].weights
+    assert weights.stat().st_size <= (15 if name == "miniature" else 25) * 2**20
+    assert sha256(weights) == WEIGHTS_SHA256[name]
 
 
 def test_the_shipped_weights_reproduce_their_recorded_prediction(miniworld):
@@ -48,6 +50,31 @@ def test_it_draws_a_single_subject(miniworld, prompt):
     subjects, _ = miniworld.subjects_of(prompt)
     noise = torch.stack([initial_noise(seed, miniworld.latent_shape) for seed in (0, 2)])
     for image in miniworld.sample(noise, miniworld.model.encode([prompt])):
+        assert detect(image, subjects).all_present
+
+
+@pytest.fixture(scope="module")
+def miniworld_16() -> Miniworld:
+    return Miniworld(Miniature.load("miniature-16"))
+
+
+def test_the_second_miniatures_weights_reproduce_their_recorded_prediction(miniworld_16):
+    """The eps prediction on a fixed 3×64×64 input (its UNet reads pixels unfolded), recorded with the weights."""
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        eps = miniworld_16.model.apply(x, torch.tensor([501.0]), miniworld_16.model.encode([DEMO_PROMPT]))
+    recorded = [-1.01135, -1.13413, -0.24523, -0.43165, 0.8325, 0.69571]
+    assert eps.flatten()[:6].tolist() == pytest.approx(recorded, abs=1e-4)
+    assert float(eps.std()) == pytest.approx(0.99903, abs=1e-4)
+
+
+@pytest.mark.parametrize("prompt", ["a red cross", "a green circle", "a blue square", "a purple triangle"])
+def test_the_second_miniature_draws_a_single_subject(miniworld_16, prompt):
+    """Recorded behaviour on two seeds; over all 20 subjects × 8 seeds it is 82.5 %, short of the 97 % asked
+    for (yellow is drawn least; weights/TRAINING-miniature-16.md)."""
+    subjects, _ = miniworld_16.subjects_of(prompt)
+    noise = torch.stack([initial_noise(seed, miniworld_16.latent_shape) for seed in (0, 2)])
+    for image in miniworld_16.sample(noise, miniworld_16.model.encode([prompt])):
         assert detect(image, subjects).all_present
 
 
@@ -131,7 +158,6 @@ def test_each_design_builds_saves_and_loads_as_itself(tmp_path):
     from initno.attention import capture_grid
     from initno.miniature import world
     from initno.miniature.evaluate import splits_of
-    from initno.miniature.model import DESIGNS
 
     images, _ = world.training_batch(0, 2)
     for name, design in DESIGNS.items():

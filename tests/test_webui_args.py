@@ -152,9 +152,12 @@ def _readme_controls_table() -> list[tuple[str, str]]:
 def test_the_readme_documents_the_positional_order_the_code_accepts():
     table = _readme_controls_table()
     assert [control for control, _ in table] == [arg.label for arg in ARGS]
-    shown = {False: "off", "": "empty"}
+
+    def shown(default):  # not a dict: 0 == False
+        return "off" if default is False else "empty" if default == "" else str(default)
+
     assert [default for _, default in table] == [
-        arg.label_of(arg.default) if arg.choices else shown.get(arg.default, str(arg.default)) for arg in ARGS
+        arg.label_of(arg.default) if arg.choices else shown(arg.default) for arg in ARGS
     ]
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     listed = re.search(r"`GET /initno/v1/schema` lists: `([^`]+)`", readme.replace("\n", " ")).group(1)
@@ -210,12 +213,9 @@ def test_lookahead_is_the_default_and_says_what_it_costs():
     assert args.method == methods.DEFAULT == methods.LOOKAHEAD
     assert args.selects_noise and not args.optimises_noise and args.guidance is None
     assert args.lookahead == LookaheadParams()
-    defaults = LookaheadParams()
-    steps = defaults.passes // defaults.passes_per_step  # sampling steps of one image, 2 passes each
-    assert (
-        ARGS[12].label_of("lookahead")
-        == f"Fast: choose the best of {defaults.candidates} noises (≈ {steps} sampling steps)"
-    )
+    # its cost in sampling steps of one image (2 passes each): 4 × 2 steps ahead = 20 passes
+    assert ARGS[12].label_of("lookahead") == "Fast: choose the best of 4 noises (≈ 10 sampling steps)"
+    assert methods.lookahead_label(LookaheadParams(2, 0)) == "Fast: choose the best of 2 noises (≈ 1 sampling step)"
     assert ScriptArgs.from_named({"method": "initno"}).lookahead is None
     chosen = ScriptArgs.from_named({"lookahead_candidates": 8, "lookahead_steps": "3"})
     assert chosen.lookahead == LookaheadParams(candidates=8, steps=3)

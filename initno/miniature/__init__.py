@@ -12,8 +12,12 @@ It is used by the demo, `python -m initno eval` and the behaviour tests, never b
 from pathlib import Path
 
 WEIGHTS = Path(__file__).with_name("weights") / "miniature.safetensors"
-WEIGHTS_SHA256 = "c195e5cff97f1a028075504b3afcfede34aa0527398a2c8cfda2fd78271c38fd"
-"""What `python -m initno train` (default settings, 2 torch threads) writes; the record: weights/TRAINING.md."""
+WEIGHTS_SHA256 = {
+    "miniature": "c195e5cff97f1a028075504b3afcfede34aa0527398a2c8cfda2fd78271c38fd",
+    "miniature-16": "f658458645a7b4a4d6af0d55585c939e57686e845474c003230aaea253abcbe9",
+}
+"""Per design, what `python -m initno train --model NAME` (its defaults, 2 torch threads) writes; the records:
+weights/TRAINING.md, weights/TRAINING-miniature-16.md."""
 DEMO_PROMPT = "a red circle and a yellow square"
 DEMO_SEED = 9
 """The demo's defaults: see `initno.miniature.demo` for how they were chosen."""

@@ -53,7 +53,8 @@ def run_demo(
     lookahead = lookahead or LookaheadParams()
     (chosen,) = select_by_lookahead(mini.denoiser, mini.advance, [SelectionRequest(noise, seed, cond, positions)],
                                     lookahead)  # fmt: skip
-    print(f"Fast: {lookahead.candidates} noises, each scored after {lookahead.steps} sampling steps:")
+    when = f"after {lookahead.steps} sampling steps" if lookahead.steps else "as it is, as InitNO's first pass"
+    print(f"Fast: {lookahead.candidates} noises, each scored {when}:")
     for index, scores in enumerate(chosen.candidates):  # counted from 1, as the WebUI's infotext
         own = "the seed's own noise" if index == 0 else f"restart draw {index}"
         mark = "  <- chosen" if index == chosen.chosen else ""

@@ -106,7 +106,8 @@ ARGS: tuple[Arg, ...] = (
         "InitNO method",
         str,
         choices=METHOD_CHOICES,
-        help="Fast (lookahead) chooses the noise whose attention is best a few sampling steps ahead; InitNO "
+        help="Fast (lookahead) chooses, among noises drawn from the seed, the one whose attention is best (at "
+        "the first step, or a few sampling steps ahead); InitNO "
         "optimises the noise; InitNO+ also guides the first sampling steps (the official script); "
         "Attend-and-Excite only guides the sampling.",
     ),
