@@ -25,7 +25,7 @@ from modules import devices, prompt_parser
 
 from ..calibration import NOISES_PER_PROMPT, VERSION, Calibration, CalibrationCache, calibrate
 from ..optimize import Denoiser
-from ..selection import LookaheadParams, SelectionRequest
+from ..selection import SelectionRequest
 from ..subjects import SubjectError, choose_subjects
 from . import faults, progress
 from .checks import unet_forward_owner
@@ -41,8 +41,9 @@ PROMPTS = (
 )
 """(prompt, subjects): two subjects each, animals and objects, as in the prompts InitNO is made for."""
 PASSES = len(PROMPTS) * NOISES_PER_PROMPT
-BATCH_SIZE = LookaheadParams().candidates
-"""Latents per UNet call: as many as Fast runs together, so a calibration needs no more memory than Fast."""
+BATCH_SIZE = 4
+"""Latents per UNet call: as many as Fast runs together with 4 noises to choose from, so a calibration needs
+no more memory than Fast at that setting (fixed: calibrations of any Fast setting are the same)."""
 CACHE_FILE = Path(__file__).resolve().parents[2] / "calibrations.json"
 """Beside the extension's code (ignored by git): writable wherever the extension could be installed."""
 

@@ -199,3 +199,24 @@ def interrupt_after(monkeypatch, passes: int) -> list:
 
     monkeypatch.setattr(job_module, "optimize_noise", interrupting)
     return records
+
+
+def interrupt_on_call(monkeypatch, module, call: int) -> list[int]:
+    """Makes the UNet wrapper that `module.counted` builds press Interrupt on its `call`-th call, before that
+    call's pass (the pass then checks for it); returns each call's batch size."""
+    calls = []
+    real_counted = module.counted
+
+    def interrupting(apply, shown):
+        counting = real_counted(apply, shown)
+
+        def apply_then_interrupt(*args):
+            calls.append(args[0].shape[0])
+            if len(calls) == call:
+                shared.state.interrupt()
+            return counting(*args)
+
+        return apply_then_interrupt
+
+    monkeypatch.setattr(module, "counted", interrupting)
+    return calls

@@ -14,7 +14,7 @@ import pytest
 import torch
 from backend.diffusion_engine.sd15 import StableDiffusion
 from backend.patcher.unet import KModel, UnetPatcher
-from conftest import assert_no_hooks_left
+from conftest import assert_no_hooks_left, interrupt_on_call
 from modules import infotext_utils, processing, prompt_parser, shared
 from modules.sd_models import StandInSD1Model, load_checkpoint
 from modules.sd_models_xl import StandInSDXLModel
@@ -278,21 +278,7 @@ def test_an_unwritable_cache_file_keeps_the_calibration_for_the_session(webui, s
 
 
 def test_interrupt_stops_the_calibration_and_keeps_nothing(webui, spy, calibrations, monkeypatch):
-    calls = []
-    real_counted = progress.counted
-
-    def interrupting(apply, shown):
-        counting = real_counted(apply, shown)
-
-        def apply_then_interrupt(*args):
-            calls.append(args[0].shape[0])
-            if len(calls) == 2:
-                shared.state.interrupt()
-            return counting(*args)
-
-        return apply_then_interrupt
-
-    monkeypatch.setattr(progress, "counted", interrupting)
+    calls = interrupt_on_call(monkeypatch, progress, 2)
     processed = webui.txt2img(ON, batch_size=2, **SIZE)
     assert calls == [4, 4] and spy.optimised_with == []  # the second call found Interrupt pressed
     assert len(processed.images) == 2

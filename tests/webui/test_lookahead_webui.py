@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from backend.diffusion_engine.sd15 import StableDiffusion
-from conftest import assert_no_hooks_left
+from conftest import assert_no_hooks_left, interrupt_on_call
 from modules import devices, infotext_utils, processing, rng, sd_samplers, shared
 from modules.sd_models import StandInSD1Model
 from modules.sd_models_xl import StandInSDXLModel
@@ -25,7 +25,8 @@ from initno.webui.hosts.reforge import ReForge
 
 ON = {"enabled": True, "subjects": "cat, dog"}  # the default method: lookahead
 SIZE = {"width": 128, "height": 128}
-DEFAULTS = LookaheadParams()
+DEFAULTS = LookaheadParams()  # 2 noises scored as they are
+AHEAD = {**ON, "lookahead_candidates": 4, "lookahead_steps": 2}  # 2 sampling steps ahead of each of 4 noises
 
 
 def _params(processed, index=0):
@@ -94,10 +95,10 @@ def test_the_glues_ddim_follows_the_hosts_ddim_sampler(webui, family, spy, monke
     settings = {"sampler_name": "DDIM", "steps": 4, "seed": 2, "negative_prompt": "blurry", **SIZE}
     webui.txt2img(**settings)  # InitNO off: the host's DDIM from the seed's noise
     host_states = list(states)
-    processed = webui.txt2img(ON, **settings)
+    processed = webui.txt2img(AHEAD, **settings)
     assert _params(processed)["InitNO"].startswith("chose noise ")
     ((host_advance, latents, conds, steps, ahead, t),) = advanced
-    assert steps == DEFAULTS.steps == 2 and t == 251  # DDIM at 4 steps: 751, 501, 251, 1
+    assert steps == 2 and t == 251  # DDIM at 4 steps: 751, 501, 251, 1
     assert host_advance.prediction == ("v" if family.parameterization == "v" else "eps")
     torch.testing.assert_close(ahead[0], host_states[steps - 1][0], rtol=1e-4, atol=1e-4)
     # exactly the core's loop, with the host's model call for uncond and cond
@@ -132,11 +133,11 @@ def test_the_chosen_candidate_is_the_samplers_noise_and_the_infotext_says_so(web
     assert torch.equal(request.noise, rng.ImageRNG((4, 16, 16), [3]).next()[0])  # the seed's own noise
     assert torch.equal(result.latent, candidates[result.chosen])
     assert torch.equal(spy.sampler_noise[0][0], candidates[result.chosen])  # the sampler starts from it
-    assert result.passes == DEFAULTS.passes == 20
+    assert result.passes == DEFAULTS.passes == 2
     info = _params(processed)
     own = " (the seed's own)" if result.chosen == 0 else ""
-    assert info["InitNO"] == f"chose noise {result.chosen + 1} of 4{own}, 20 passes"
-    assert (info["InitNO method"], info["InitNO candidates"], info["InitNO lookahead steps"]) == ("lookahead", "4", "2")
+    assert info["InitNO"] == f"chose noise {result.chosen + 1} of 2{own}, 2 passes"
+    assert (info["InitNO method"], info["InitNO candidates"], info["InitNO lookahead steps"]) == ("lookahead", "2", "0")
     seed_scores, chosen = result.candidates[0], result.final
     assert info["InitNO scores"] == (
         f"cross {seed_scores.cross:.3f} -> {chosen.cross:.3f}, self {seed_scores.conflict:.3f} -> {chosen.conflict:.3f}"
@@ -146,10 +147,10 @@ def test_the_chosen_candidate_is_the_samplers_noise_and_the_infotext_says_so(web
     # pasting restores the method and its settings; an infotext from before lookahead restores InitNO
     fields = webui.runner.infotext_fields
     by_name = dict(zip([arg.name for arg in _args()], webui.always_on.controls))
-    changed = processed.infotexts[0].replace("InitNO candidates: 4", "InitNO candidates: 6")
+    changed = processed.infotexts[0].replace("InitNO candidates: 2", "InitNO candidates: 6")
     pasted = dict(zip([id(c) for c, _ in fields], infotext_utils.paste(changed, fields)))
     assert pasted[id(by_name["method"])] == "lookahead" and pasted[id(by_name["lookahead_candidates"])] == 6
-    assert pasted[id(by_name["lookahead_steps"])] == 2
+    assert pasted[id(by_name["lookahead_steps"])] == 0
     older = "a cat and a dog\nSteps: 4, Seed: 1, InitNO: valid, 1 round, 1 step, InitNO max rounds: 5"
     pasted = dict(zip([id(c) for c, _ in fields], infotext_utils.paste(older, fields)))
     assert pasted[id(by_name["method"])] == "initno"
@@ -241,22 +242,8 @@ def test_xyz_axes_for_the_method_and_its_settings(webui, spy):
 
 
 def test_interrupt_stops_within_one_unet_call(webui, monkeypatch):
-    calls = []
-    real_counted = lookahead.counted
-
-    def interrupting(apply, shown):
-        counting = real_counted(apply, shown)
-
-        def apply_then_interrupt(*args):
-            calls.append(args[0].shape[0])
-            if len(calls) == 3:
-                shared.state.interrupt()
-            return counting(*args)
-
-        return apply_then_interrupt
-
-    monkeypatch.setattr(lookahead, "counted", interrupting)
-    processed = webui.txt2img(ON, batch_size=2, **SIZE)
+    calls = interrupt_on_call(monkeypatch, lookahead, 3)
+    processed = webui.txt2img(AHEAD, batch_size=2, **SIZE)
     assert calls == [4, 4, 4]  # the third call found Interrupt pressed and ran no pass
     statuses = [_params(processed, i)["InitNO"] for i in range(2)]
     assert statuses == ["interrupted after 8 passes", "interrupted after 0 passes"]
@@ -283,14 +270,14 @@ def test_faults_skip_with_a_message_and_the_image_is_made(webui, monkeypatch, fa
         monkeypatch.setattr(lookahead, "select_by_lookahead", oom)
     elif fault == "x0_model":
         monkeypatch.setattr(webui.model, "parameterization", "x0", raising=False)
-    processed = webui.txt2img(ON, **settings, **SIZE)
+    processed = webui.txt2img(AHEAD, **settings, **SIZE)
     assert len(processed.images) == 1
     assert _params(processed)["InitNO"].startswith(f"skipped: {message}")
     assert_no_hooks_left(webui.model)
 
 
 def test_a_step_count_below_the_steps_ahead_looks_ahead_of_all_but_the_last(webui, spy):
-    webui.txt2img(ON, steps=2, **SIZE)
+    webui.txt2img(AHEAD, steps=2, **SIZE)
     ((_request, result, params, _uncond),) = spy.selections
     assert params.steps == 1 and result.passes == 4 * 3
 
@@ -301,7 +288,7 @@ def test_zero_steps_ahead_costs_a_pass_a_noise_and_serves_a_one_step_generation(
 
     monkeypatch.setattr(lookahead, "HostAdvance", no_ddim)
     monkeypatch.setattr(webui.model, "parameterization", "x0", raising=False)  # no schedule is needed either
-    processed = webui.txt2img({**ON, "lookahead_steps": 0}, steps=1, **SIZE)
+    processed = webui.txt2img({**ON, "lookahead_candidates": 4}, steps=1, **SIZE)  # 0 steps ahead: the default
     ((_request, result, params, _uncond),) = spy.selections
     assert params.steps == 0 and result.passes == 4
     assert re.fullmatch(r"chose noise [1-4] of 4( \(the seed's own\))?, 4 passes", _params(processed)["InitNO"])
