@@ -330,13 +330,12 @@ timestep they are at: the host's sampler (with its classifier-free guidance), ru
 
 @dataclass(frozen=True)
 class LookaheadParams:
-    candidates: int = 2
-    """Noises to choose from: the seed's own and the restarts InitNO draws."""
-    steps: int = 0
-    """Sampling steps each candidate runs before it is scored; 0 scores the noises themselves, as InitNO's
-    first pass does: one pass a candidate. 2 × 0 gains the most subjects per pass on both miniatures'
-    confirm splits (+3.0 points, 2 passes); 4 × 2 gains the most in all (+11.2, 20 passes):
-    docs/selection-study.md, "The default"."""
+    candidates: int = 4
+    """Noises sampled a few steps ahead: the seed's own and the restarts InitNO draws."""
+    steps: int = 2
+    """Sampling steps before the candidates are scored. 4 × 2 (20 passes) was the best setting within 30
+    passes on the miniature's study split (docs/selection-study.md); more candidates or steps plateau.
+    0 scores the noises themselves, as InitNO's first pass does: one pass a candidate."""
     passes_per_step: int = 2
     """UNet passes per sampling step (2 with classifier-free guidance)."""
 

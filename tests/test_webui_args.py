@@ -213,8 +213,8 @@ def test_lookahead_is_the_default_and_says_what_it_costs():
     assert args.method == methods.DEFAULT == methods.LOOKAHEAD
     assert args.selects_noise and not args.optimises_noise and args.guidance is None
     assert args.lookahead == LookaheadParams()
-    # its cost in sampling steps of one image (2 passes each): 2 noises scored as they are = 2 passes
-    assert ARGS[12].label_of("lookahead") == "Fast: choose the best of 2 noises (≈ 1 sampling step)"
+    # its cost in sampling steps of one image (2 passes each): 4 × 2 steps ahead = 20 passes
+    assert ARGS[12].label_of("lookahead") == "Fast: choose the best of 4 noises (≈ 10 sampling steps)"
     assert methods.lookahead_label(LookaheadParams(2, 0)) == "Fast: choose the best of 2 noises (≈ 1 sampling step)"
     assert ScriptArgs.from_named({"method": "initno"}).lookahead is None
     chosen = ScriptArgs.from_named({"lookahead_candidates": 8, "lookahead_steps": "3"})

@@ -42,8 +42,8 @@ PROMPTS = (
 """(prompt, subjects): two subjects each, animals and objects, as in the prompts InitNO is made for."""
 PASSES = len(PROMPTS) * NOISES_PER_PROMPT
 BATCH_SIZE = 4
-"""Latents per UNet call: as many as Fast runs together with 4 noises to choose from, so a calibration needs
-no more memory than Fast at that setting (fixed: calibrations of any Fast setting are the same)."""
+"""Latents per UNet call, fixed whatever Fast's setting: the batch Fast runs with 4 noises to choose from,
+about the activation memory of sampling a batch of 2 with CFG."""
 CACHE_FILE = Path(__file__).resolve().parents[2] / "calibrations.json"
 """Beside the extension's code (ignored by git): writable wherever the extension could be installed."""
 

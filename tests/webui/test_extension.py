@@ -176,7 +176,7 @@ def test_schema_route_lists_the_arguments_in_positional_order(webui):
     assert (method["type"], method["default"]) == ("str", "lookahead")
     assert method["choices"] == ["lookahead", "initno", "initno+", "ae"]
     candidates = next(a for a in schema["args"] if a["name"] == "lookahead_candidates")
-    assert (candidates["default"], candidates["minimum"], candidates["maximum"]) == (2, 2, 16)
+    assert (candidates["default"], candidates["minimum"], candidates["maximum"]) == (4, 2, 16)
 
 
 def test_settings_are_listed_under_the_stable_diffusion_category(webui):

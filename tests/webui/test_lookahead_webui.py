@@ -25,8 +25,8 @@ from initno.webui.hosts.reforge import ReForge
 
 ON = {"enabled": True, "subjects": "cat, dog"}  # the default method: lookahead
 SIZE = {"width": 128, "height": 128}
-DEFAULTS = LookaheadParams()  # 2 noises scored as they are
-AHEAD = {**ON, "lookahead_candidates": 4, "lookahead_steps": 2}  # 2 sampling steps ahead of each of 4 noises
+DEFAULTS = LookaheadParams()  # 4 noises, 2 steps ahead
+AHEAD = {**ON, "lookahead_candidates": 4, "lookahead_steps": 2}  # the default, explicit where steps ahead are tested
 
 
 def _params(processed, index=0):
@@ -133,11 +133,11 @@ def test_the_chosen_candidate_is_the_samplers_noise_and_the_infotext_says_so(web
     assert torch.equal(request.noise, rng.ImageRNG((4, 16, 16), [3]).next()[0])  # the seed's own noise
     assert torch.equal(result.latent, candidates[result.chosen])
     assert torch.equal(spy.sampler_noise[0][0], candidates[result.chosen])  # the sampler starts from it
-    assert result.passes == DEFAULTS.passes == 2
+    assert result.passes == DEFAULTS.passes == 20
     info = _params(processed)
     own = " (the seed's own)" if result.chosen == 0 else ""
-    assert info["InitNO"] == f"chose noise {result.chosen + 1} of 2{own}, 2 passes"
-    assert (info["InitNO method"], info["InitNO candidates"], info["InitNO lookahead steps"]) == ("lookahead", "2", "0")
+    assert info["InitNO"] == f"chose noise {result.chosen + 1} of 4{own}, 20 passes"
+    assert (info["InitNO method"], info["InitNO candidates"], info["InitNO lookahead steps"]) == ("lookahead", "4", "2")
     seed_scores, chosen = result.candidates[0], result.final
     assert info["InitNO scores"] == (
         f"cross {seed_scores.cross:.3f} -> {chosen.cross:.3f}, self {seed_scores.conflict:.3f} -> {chosen.conflict:.3f}"
@@ -147,10 +147,10 @@ def test_the_chosen_candidate_is_the_samplers_noise_and_the_infotext_says_so(web
     # pasting restores the method and its settings; an infotext from before lookahead restores InitNO
     fields = webui.runner.infotext_fields
     by_name = dict(zip([arg.name for arg in _args()], webui.always_on.controls))
-    changed = processed.infotexts[0].replace("InitNO candidates: 2", "InitNO candidates: 6")
+    changed = processed.infotexts[0].replace("InitNO candidates: 4", "InitNO candidates: 6")
     pasted = dict(zip([id(c) for c, _ in fields], infotext_utils.paste(changed, fields)))
     assert pasted[id(by_name["method"])] == "lookahead" and pasted[id(by_name["lookahead_candidates"])] == 6
-    assert pasted[id(by_name["lookahead_steps"])] == 0
+    assert pasted[id(by_name["lookahead_steps"])] == 2
     older = "a cat and a dog\nSteps: 4, Seed: 1, InitNO: valid, 1 round, 1 step, InitNO max rounds: 5"
     pasted = dict(zip([id(c) for c, _ in fields], infotext_utils.paste(older, fields)))
     assert pasted[id(by_name["method"])] == "initno"
@@ -288,7 +288,7 @@ def test_zero_steps_ahead_costs_a_pass_a_noise_and_serves_a_one_step_generation(
 
     monkeypatch.setattr(lookahead, "HostAdvance", no_ddim)
     monkeypatch.setattr(webui.model, "parameterization", "x0", raising=False)  # no schedule is needed either
-    processed = webui.txt2img({**ON, "lookahead_candidates": 4}, steps=1, **SIZE)  # 0 steps ahead: the default
+    processed = webui.txt2img({**ON, "lookahead_steps": 0}, steps=1, **SIZE)
     ((_request, result, params, _uncond),) = spy.selections
     assert params.steps == 0 and result.passes == 4
     assert re.fullmatch(r"chose noise [1-4] of 4( \(the seed's own\))?, 4 passes", _params(processed)["InitNO"])
