@@ -28,11 +28,6 @@ def miniworld_of(name: str) -> Miniworld:
     return Miniworld(Miniature.load(name))
 
 
-@pytest.fixture(scope="module")
-def miniworld() -> Miniworld:
-    return miniworld_of("miniature")
-
-
 @pytest.mark.parametrize("name", DESIGNS)
 def test_the_shipped_weights_are_the_recorded_ones(name):
     weights = DESIGNS[name].weights
@@ -78,12 +73,13 @@ def test_it_draws_a_single_subject(name, prompt):
         assert detect(image, subjects).all_present
 
 
-def test_the_demo_case_fast_and_initno_bring_back_what_plain_sampling_misses(miniworld):
+def test_the_demo_case_fast_and_initno_bring_back_what_plain_sampling_misses():
     """The demo's case: the plain image shows neither subject; Fast picks a restart whose attention 2 steps
     ahead has both peaks, and InitNO lifts the neglected subject's peak (its response loss from above the
     threshold to below it); the images from both noises show both subjects (the detector's verdicts, as
     `python -m initno demo` prints them). The self-attention threshold is not met on this model (see the
     README), so InitNO runs all rounds and the fallback."""
+    miniworld = miniworld_of("miniature")
     subjects, positions = miniworld.subjects_of(DEMO_PROMPT)
     cond = miniworld.model.encode([DEMO_PROMPT])
     noise = initial_noise(DEMO_SEED, miniworld.latent_shape)
