@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         metavar="NAME=VALUE",
         help="a parameter other than its default: InitNO's (e.g. conflict_threshold=0.5), selection's "
-        "(candidates, polish_steps, patience) or the calibration quantile (repeatable)",
+        "(candidates, polish_steps, patience), Fast's (lookahead_candidates, lookahead_steps) or the calibration "
+        "quantile (repeatable)",
     )
     evaluation.add_argument("--grid", default="outputs/initno-eval.png", help="before/after grid PNG ('' for none)")
     evaluation.add_argument("--json", action="store_true", help="print the table and every verdict as JSON")

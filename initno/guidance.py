@@ -34,11 +34,10 @@ from typing import Any
 
 import torch
 
+from .methods import ATTEND_AND_EXCITE, GUIDED, INITNO_PLUS, method_of
 from .optimize import Denoiser, frozen_parameters
 from .scores import clean_loss, conflict_loss, response_loss, smooth, subject_token_maps
 
-METHODS = ("initno+", "ae")
-METHOD_NAMES = {"initno+": "InitNO+", "ae": "Attend-and-Excite"}
 REFERENCE_STEPS = 50
 """The step count the official schedules are written for."""
 ALIGNMENT_DECAY = 0.9
@@ -61,8 +60,8 @@ class Refinement:
 
 
 OFFICIAL_REFINEMENTS = {
-    "initno+": (Refinement(10, 0.2, 0.3), Refinement(20, 0.2, 0.3)),
-    "ae": (Refinement(0, 1 - 0.05), Refinement(10, 1 - 0.5), Refinement(20, 1 - 0.8)),
+    INITNO_PLUS: (Refinement(10, 0.2, 0.3), Refinement(20, 0.2, 0.3)),
+    ATTEND_AND_EXCITE: (Refinement(0, 1 - 0.05), Refinement(10, 1 - 0.5), Refinement(20, 1 - 0.8)),
 }
 """InitNO+: `(i == 10 or i == 20)`, cross ≤ 1 − 0.8 and self ≤ 0.3; Attend-and-Excite: its `thresholds`
 {0: 0.05, 10: 0.5, 20: 0.8} on the attention, i.e. cross ≤ 1 − threshold."""
@@ -116,7 +115,7 @@ def format_refinements(refinements: Sequence[Refinement]) -> str:
 
 @dataclass(frozen=True)
 class GuidanceSettings:
-    method: str = "initno+"
+    method: str = INITNO_PLUS
     guided_fraction: float = 0.5
     """Steps i < fraction·N are guided (official: `max_iter_to_alter` 25 of 50)."""
     step_scale: float = 20.0
@@ -125,8 +124,8 @@ class GuidanceSettings:
     """None: the method's official schedule."""
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"unknown guidance method {self.method!r}; methods: {', '.join(METHODS)}")
+        if self.method not in GUIDED:
+            raise ValueError(f"unknown guidance method {self.method!r}; methods: {', '.join(GUIDED)}")
 
     @property
     def refinement_schedule(self) -> tuple[Refinement, ...]:
@@ -160,7 +159,7 @@ class GuidancePlan:
             index = round(refinement.step * steps / REFERENCE_STEPS)
             if index < guided:  # the official condition `i < max_iter_to_alter`
                 refinements.setdefault(index, refinement)
-        augmented = settings.method == "initno+"
+        augmented = method_of(settings.method).augmented
         return cls(settings.method, steps, guided, sizes, refinements, settings.max_refinement, augmented)
 
     @property
@@ -268,9 +267,9 @@ class GuidanceTrace:
     def summary(self) -> str:
         """E.g. "InitNO+, 25 steps, refined 2× (13 updates), 39 passes, cross 0.612 -> 0.104"."""
         if not self.steps:
-            return f"{METHOD_NAMES[self.method]}, no step guided" + (" (interrupted)" if self.cancelled else "")
+            return f"{method_of(self.method).name}, no step guided" + (" (interrupted)" if self.cancelled else "")
         refined = [step for step in self.steps if step.refinement_updates]
-        parts = [METHOD_NAMES[self.method], f"{len(self.steps)} step{'s' if len(self.steps) != 1 else ''}"]
+        parts = [method_of(self.method).name, f"{len(self.steps)} step{'s' if len(self.steps) != 1 else ''}"]
         if refined:
             parts.append(f"refined {len(refined)}× ({self.refinement_updates} updates)")
         parts.append(f"{self.passes} pass{'es' if self.passes != 1 else ''}")
@@ -316,28 +315,28 @@ class ImageGuidance:
             return z
         with frozen_parameters(self.denoiser.unet), self.capture, torch.inference_mode(False), torch.enable_grad():
             # A copy: a normal tensor even where the host samples in inference mode (Forge).
-            return self._guide(self.capture, step, z.detach().to(torch.float32, copy=True), timestep)
+            return self._guide(step, z.detach().to(torch.float32, copy=True), timestep)
 
-    def _pass(self, capture, step: int, z: torch.Tensor, timestep: float) -> tuple[torch.Tensor, ScoredPass] | None:
+    def _pass(self, z: torch.Tensor, timestep: float) -> tuple[torch.Tensor, ScoredPass] | None:
         if self.cancel():
             self.trace.cancelled = True
             return None
         z = z.detach().requires_grad_(True)
         timesteps = torch.full((1,), float(timestep), device=z.device)
-        capture.run(self.denoiser.apply, z, timesteps, self.cond)
+        self.capture.run(self.denoiser.apply, z, timesteps, self.cond)
         scored = score_pass(
-            capture.cross_attention()[0],
-            lambda peaks: capture.self_attention_rows(peaks)[0],
+            self.capture.cross_attention()[0],
+            lambda peaks: self.capture.self_attention_rows(peaks)[0],
             self.subjects,
             self.softmax_positions,
             with_self=self.plan.augmented,
         )
-        capture.clear()
+        self.capture.clear()
         return z, scored
 
-    def _rescore(self, capture, step: int, z: torch.Tensor, timestep: float):
+    def _rescore(self, step: int, z: torch.Tensor, timestep: float):
         """A pass at `z` and its losses: (z, scored, losses), or None when the pass was cancelled."""
-        scored = self._pass(capture, step, z, timestep)
+        scored = self._pass(z, timestep)
         if scored is None:
             return None
         z, current = scored
@@ -348,9 +347,9 @@ class ImageGuidance:
         self.progress(step, losses.values())
         return losses
 
-    def _guide(self, capture, step: int, z: torch.Tensor, timestep: float) -> torch.Tensor:
+    def _guide(self, step: int, z: torch.Tensor, timestep: float) -> torch.Tensor:
         size = self.plan.step_sizes[step]
-        scored = self._pass(capture, step, z, timestep)
+        scored = self._pass(z, timestep)
         if scored is None:
             return z
         z, current = scored
@@ -364,7 +363,7 @@ class ImageGuidance:
             while not reached:
                 updates += 1
                 if updates > 1:
-                    rescored = self._rescore(capture, step, z, timestep)
+                    rescored = self._rescore(step, z, timestep)
                     if rescored is None:
                         return z.detach()
                     z, current, losses = rescored
@@ -378,7 +377,7 @@ class ImageGuidance:
                     z = (z - size * gradient).detach()
                 if updates >= self.plan.max_refinement:
                     break
-            rescored = self._rescore(capture, step, z, timestep)
+            rescored = self._rescore(step, z, timestep)
             if rescored is None:
                 return z.detach()
             z, current, losses = rescored

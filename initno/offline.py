@@ -3,7 +3,7 @@ AND parts, each at its first sampling step, emphasis and BREAK, 77-token chunks 
 back-tracking, then the subjects' positions.
 
 Used by `python -m initno tokens` and the demo. The WebUI glue does the same with the host's own
-functions (`initno/webui/host.py`).
+functions (`initno/webui/conditioning.py`).
 """
 
 from __future__ import annotations

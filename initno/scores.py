@@ -16,8 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-CHUNK_LENGTH = 77
-"""Context positions per prompt chunk: start token, 75 prompt slots, end token."""
+from .subjects import CHUNK_LENGTH
 
 TOKEN_SOFTMAX_SCALE = 100.0
 CONFLICT_GATE = 0.5

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from .attention import AttentionCapture
-from .optimize import Denoiser, frozen_parameters, shrink_into_kl_ball
+from .optimize import Denoiser, ImageRequest, frozen_parameters, shrink_into_kl_ball
 from .params import InitNOParams
 from .scores import Evaluation, conflict_loss, evaluate_attention
 
@@ -82,22 +82,19 @@ class NoiseScores:
         same on any model once the thresholds are calibrated to it."""
         return self.cross / thresholds.cross + self.conflict / thresholds.conflict
 
+    @property
+    def total(self) -> float:
+        """Lower is better: the two scores summed, unweighted (lookahead's ranking; it needs no thresholds)."""
+        return self.cross + self.conflict
+
     @classmethod
     def of(cls, evaluation: Evaluation) -> NoiseScores:
         conflict = float(conflict_loss(evaluation.self_maps))
         return cls(evaluation.scores.cross, conflict, evaluation.scores.clean)
 
 
-@dataclass
-class SelectionRequest:
-    """One image: its seed's noise (C, H, W), its seed (restarts are drawn from it), its conditioning (batch
-    of 1) and its subjects' context positions."""
-
-    noise: torch.Tensor
-    seed: int
-    cond: Any
-    subjects: Sequence[Sequence[int]]
-    softmax_positions: Sequence[int] | None = None
+SelectionRequest = ImageRequest
+"""Selection asks the same of an image as the optimisation does."""
 
 
 @dataclass
@@ -360,7 +357,8 @@ def select_by_lookahead(
     begun to form: on the miniature InitNO's scores of the noise itself barely predict the image (AUC about
     0.52-0.55, docs/evaluation.md), those after 4-10 steps do better. The noise returned is the chosen
     candidate's *initial* noise; the sampler then runs from it as usual. Forward passes only. With 0 steps
-    ahead `advance` is not called: the noises are scored as they are, at the denoiser's timestep."""
+    ahead `advance` is not called: the noises are scored as they are, at the denoiser's timestep. The
+    candidate with the lowest `NoiseScores.total` is chosen, the earliest on a tie (0: the seed's own)."""
     lookahead = lookahead or LookaheadParams()
     capture = denoiser.capture(backward=False)
 
@@ -377,7 +375,7 @@ def select_by_lookahead(
     candidates, scores = _score_candidates(requests, lookahead.candidates, batch_size, score_ahead)
     results = []
     for i, request in enumerate(requests):
-        chosen = min(range(lookahead.candidates), key=lambda j, s=scores[i]: (s[j].cross + s[j].conflict, j))
+        chosen = min(range(lookahead.candidates), key=lambda j, s=scores[i]: (s[j].total, j))
         results.append(
             SelectionResult(
                 latent=candidates[i][chosen].reshape(request.noise.shape).to(request.noise.dtype),

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 CHUNK_LENGTH = 77
+"""Context positions per prompt chunk: start token, 75 prompt slots, end token."""
 
 
 class SubjectError(ValueError):

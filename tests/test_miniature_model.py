@@ -139,13 +139,15 @@ def test_the_benchmark_runs_with_changed_parameters_and_says_so(tmp_path):
     """`eval --set NAME=VALUE`: the run uses them (the pass count follows) and the report lists them."""
     prompts = tmp_path / "prompts.txt"
     prompts.write_text(f"{DEMO_PROMPT}\n")
-    changes = ["max_rounds=1", "steps_per_round=2", "fallback_steps=0", "candidates=3", "polish_steps=0"]
-    options = ["--prompts", str(prompts), "--seeds", str(DEMO_SEED), "--methods", "initno,fast", "--grid", ""]
+    changes = ["max_rounds=1", "steps_per_round=2", "fallback_steps=0", "candidates=3", "polish_steps=0",
+               "guidance_guided_fraction=0"]  # fmt: skip
+    options = ["--prompts", str(prompts), "--seeds", str(DEMO_SEED), "--methods", "initno,fast,ae", "--grid", ""]
     report = _eval_json(*options, *(f"--set={c}" for c in changes))
     assert report["changed_params"] == {
-        "max_rounds": 1, "steps_per_round": 2, "fallback_steps": 0, "candidates": 3, "polish_steps": 0
+        "max_rounds": 1, "steps_per_round": 2, "fallback_steps": 0, "candidates": 3, "polish_steps": 0,
+        "guidance_guided_fraction": 0.0,
     }  # fmt: skip
-    assert [row["passes"] for row in report["rows"]] == [2, 3]
+    assert [row["passes"] for row in report["rows"]] == [2, 3, 0]  # no step guided, no guidance pass
 
 
 def test_each_design_builds_saves_and_loads_as_itself(tmp_path):

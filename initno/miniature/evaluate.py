@@ -53,8 +53,6 @@ from . import EVAL_METHODS, detect, stats, world
 from .model import Miniature, fused_attention
 from .sampling import GUIDANCE, STEPS, ddim_timesteps, first_timestep, sample
 
-DEFAULT_SEEDS = range(0, 8)
-
 
 @dataclass(frozen=True)
 class Split:
@@ -91,6 +89,8 @@ def initial_noise(seed: int, shape: Sequence[int]) -> torch.Tensor:
 
 GUIDED = {"ae": "ae", "initno+": "initno+", "fast+": "initno+", "lookahead+": "initno+"}
 """Methods that guide the sampling, and with which guidance."""
+GUIDANCE_SETTINGS = {"guided_fraction": float, "step_scale": float, "max_refinement": int}
+"""The guidance settings a run may change (`--set guidance_step_scale=5`), with their types."""
 NOISE_OF = {"plain": "plain", "ae": "plain", "initno+": "initno", "fast+": "fast", "lookahead+": "lookahead"}
 """Methods whose initial noise is another method's."""
 CALIBRATION_PROMPTS = tuple(world.pair_caption(a, b) for a, b in world.TRAINING_PAIRS[::13][:8])
@@ -110,20 +110,37 @@ class EvalSettings:
     lookahead: LookaheadParams = field(default_factory=LookaheadParams)
     bf16_sampling: bool = True
     """The protocol since the lookahead default (issue 19): sampling under bf16 autocast (`Miniworld`)."""
+    guidance: dict[str, float] = field(default_factory=dict)
+    """The guided methods' settings other than the official ones (`GUIDANCE_SETTINGS`)."""
+
+    def guidance_of(self, method: str) -> GuidanceSettings:
+        return GuidanceSettings(GUIDED[method], **self.guidance)
 
     @classmethod
     def from_assignments(
         cls, assignments: Sequence[str], n: int | None = None, bf16_sampling: bool = True
     ) -> EvalSettings:
-        """`NAME=VALUE` for any field of InitNOParams or SelectionParams, or `quantile`; validated."""
+        """`NAME=VALUE` for any field of InitNOParams or SelectionParams, `lookahead_` and a field of
+        LookaheadParams, `guidance_` and one of `GUIDANCE_SETTINGS`, or `quantile`; validated."""
         initno_names = {f.name for f in dataclasses.fields(InitNOParams)}
         selection_names = {f.name for f in dataclasses.fields(SelectionParams)}
         lookahead_names = {f"lookahead_{f.name}" for f in dataclasses.fields(LookaheadParams)}
-        initno, selection, lookahead, quantile = [], {}, {}, calibration.QUANTILE
+        guidance_names = {f"guidance_{name}": kind for name, kind in GUIDANCE_SETTINGS.items()}
+        initno, selection, lookahead, guidance, quantile = [], {}, {}, {}, calibration.QUANTILE
         for assignment in assignments:
             name, equals, text = assignment.partition("=")
             name = name.strip()
-            if name in lookahead_names:
+            if name in guidance_names:
+                kind = guidance_names[name]
+                try:
+                    value = kind(text)
+                except ValueError:
+                    what = "a whole number" if kind is int else "a number"
+                    raise ValueError(f"parameter {name!r} must be {what}, got {text.strip()!r}") from None
+                if value < 0:
+                    raise ValueError(f"parameter {name!r} must not be negative, got {value}")
+                guidance[name.removeprefix("guidance_")] = value
+            elif name in lookahead_names:
                 try:
                     lookahead[name.removeprefix("lookahead_")] = int(text)
                 except ValueError:
@@ -144,9 +161,8 @@ class EvalSettings:
             elif equals and name in initno_names:
                 initno.append(assignment)
             else:
-                names = ", ".join(
-                    [*sorted(initno_names), *sorted(selection_names), *sorted(lookahead_names), "quantile"]
-                )
+                known = [initno_names, selection_names, lookahead_names, guidance_names, {"quantile"}]
+                names = ", ".join(name for group in known for name in sorted(group))
                 raise ValueError(f"{assignment!r}: expected NAME=VALUE with NAME one of {names}")
         if n is not None and n < 1:
             raise ValueError(f"--n must be at least 1, got {n}")
@@ -157,6 +173,7 @@ class EvalSettings:
             n,
             LookaheadParams(**lookahead),
             bf16_sampling,
+            guidance,
         )
 
     def changed(self) -> dict:
@@ -175,6 +192,7 @@ class EvalSettings:
             changes["n"] = self.n
         if not self.bf16_sampling:
             changes["bf16_sampling"] = False
+        changes.update({f"guidance_{name}": value for name, value in self.guidance.items()})
         return changes
 
 
@@ -349,7 +367,7 @@ class Benchmark:
         began = time.perf_counter()
         noises = self._noises(NOISE_OF.get(method, method), context, seeds)
         noise_seconds = (time.perf_counter() - began) / len(seeds)
-        guidance = GuidanceSettings(GUIDED[method]) if method in GUIDED else None
+        guidance = self.settings.guidance_of(method) if method in GUIDED else None
         if guidance is None:
             images = self._unguided(context, noises)
             image_seconds = [noise_seconds + float(np.mean(self.sampling_seconds))] * len(seeds)
@@ -428,18 +446,6 @@ class Benchmark:
             raise ValueError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
         self.noises[(method, context.text)] = noises
         return noises
-
-
-def evaluate(
-    model: Miniature,
-    prompts: Sequence[str],
-    seeds: Sequence[int],
-    methods: Sequence[str] = ("plain", "best-of-n", "fast"),
-    settings: EvalSettings | None = None,
-    *,
-    log=None,
-) -> list[Sample]:
-    return Benchmark(model, settings or EvalSettings(), log).run(prompts, seeds, methods)
 
 
 def _mean(values) -> float | None:

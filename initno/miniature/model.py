@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..clip_bpe import ClipTokenizer
-from ..scores import CHUNK_LENGTH
+from ..subjects import CHUNK_LENGTH
 from ..tiny import require_ldm
 from . import WEIGHTS, world
 

@@ -27,7 +27,8 @@ GUIDANCE_DEFAULTS = {spec.name: spec.default for spec in dataclasses.fields(Guid
 """The sampling guidance's official values (`initno.guidance.GuidanceSettings`)."""
 
 GUIDANCE_ARGS = ("guided_fraction", "step_scale", "max_refinement", "refinement_schedule")
-"""Arguments of the sampling guidance (InitNO+, Attend-and-Excite): left out of the infotext for InitNO alone."""
+"""Arguments of the sampling guidance (InitNO+, Attend-and-Excite): left out of the infotext for the methods
+without guidance (Fast, InitNO)."""
 
 CALIBRATED, OFFICIAL = "calibrated", "official"
 THRESHOLD_CHOICES = ((CALIBRATED, "Calibrated to the model"), (OFFICIAL, "Official (SD1.4's)"))
@@ -78,7 +79,7 @@ def _engine_args() -> list[Arg]:
 
 
 ARGS: tuple[Arg, ...] = (
-    Arg("enabled", False, "Enable InitNO", "InitNO", bool, help="Optimise the initial noise before sampling."),
+    Arg("enabled", False, "Enable InitNO", "InitNO", bool, help="Run the chosen method for this generation."),
     Arg(
         "subjects",
         "",
@@ -199,6 +200,8 @@ BY_NAME = {arg.name: arg for arg in ARGS}
 
 @dataclass(frozen=True)
 class ScriptArgs:
+    """Built by `from_named`, from the defaults in `ARGS`."""
+
     enabled: bool
     subjects: str
     params: InitNOParams
@@ -211,7 +214,6 @@ class ScriptArgs:
     lookahead_candidates: int
     lookahead_steps: int
     thresholds: str
-    """Built by `from_named`, from the defaults in `ARGS`."""
 
     @property
     def optimises_noise(self) -> bool:

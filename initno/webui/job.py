@@ -4,8 +4,9 @@ turn every fault into a clear "skipped" with the image still generated, and keep
 the infotext.
 
 The concerns each have their module: the host's model and passes (`hosts`, `checks`, `conditioning`,
-`passes`), the messages (`faults`), the infotext (`infotext`), the progress bar (`progress`), the guidance
-on the sampler (`guided_sampling`), the diagnostic images (`gallery`); this module runs them in order.
+`passes`), Fast's choice (`lookahead`), the learnt thresholds (`calibration`), the messages (`faults`), the
+infotext (`infotext`), the progress bar (`progress`), the guidance on the sampler (`guided_sampling`), the
+diagnostic images (`gallery`); this module runs them in order.
 
 The job lives on `p` (`p._initno_job`), so nothing carries over between generations, and X/Y/Z cells
 (shallow copies of `p`) each get their own.

@@ -21,7 +21,7 @@ import torch
 
 from .. import ddim
 from ..optimize import Denoiser, ImageRequest
-from ..selection import LookaheadParams, SelectionRequest, SelectionResult, batch_conds, select_by_lookahead
+from ..selection import LookaheadParams, SelectionResult, batch_conds, select_by_lookahead
 from . import faults, progress
 from .hosts import Host
 from .progress import counted
@@ -88,6 +88,5 @@ def select(
     denoiser = replace(denoiser, apply=counted(denoiser.apply, shown))
     # 0 steps ahead samples nothing, so any prediction type will do
     advance = HostAdvance(p, host, denoiser.apply, uncond) if params.steps else _never_advance
-    chosen = SelectionRequest(request.noise, request.seed, request.cond, request.subjects, request.softmax_positions)
-    (result,) = select_by_lookahead(denoiser, advance, [chosen], params, batch_size=params.candidates)
+    (result,) = select_by_lookahead(denoiser, advance, [request], params, batch_size=params.candidates)
     return result

@@ -14,8 +14,8 @@ import torch
 from conftest import assert_no_hooks_left
 from modules import infotext_utils, sd_samplers, shared
 
-from initno import guidance as guidance_module
 from initno.guidance import GuidanceSettings, ImageGuidance
+from initno.methods import method_of
 from initno.webui import job as job_module
 from initno.webui import progress as progress_module
 from initno.webui import sampler_hook
@@ -112,7 +112,7 @@ def test_each_method_guides_the_sampler_and_leaves_nothing_behind(webui, sampler
     )
     processed = webui.txt2img(settings, sampler_name=sampler, steps=STEPS, **SIZE)
     info = _params(processed)
-    name = guidance_module.METHOD_NAMES[method]
+    name = method_of(method).name
     assert info["InitNO method"] == method
     assert info["InitNO guidance"].startswith(f"{name}, 2 steps, ")
     assert info["InitNO guided fraction"] == "0.5" and info["InitNO max refinement"] == "2"
@@ -294,14 +294,14 @@ def test_skip_during_guidance_skips_that_batch_only(webui, monkeypatch, samplers
     ],
 )
 def test_a_fault_during_guidance_leaves_the_image_generated_and_says_why(webui, monkeypatch, samplers, error, message):
-    real = ImageGuidance._pass
+    real = ImageGuidance._guide
 
-    def failing(self, capture, step, z, timestep):
+    def failing(self, step, z, timestep):
         if step == 1:
             raise error
-        return real(self, capture, step, z, timestep)
+        return real(self, step, z, timestep)
 
-    monkeypatch.setattr(ImageGuidance, "_pass", failing)
+    monkeypatch.setattr(ImageGuidance, "_guide", failing)
     processed = webui.txt2img({**PLUS, "refinement_schedule": "none"}, steps=STEPS, **SIZE)
     assert len(processed.images) == 1
     info = _params(processed)
