@@ -131,20 +131,12 @@ class EvalSettings:
             name, equals, text = assignment.partition("=")
             name = name.strip()
             if name in guidance_names:
-                kind = guidance_names[name]
-                try:
-                    value = kind(text)
-                except ValueError:
-                    what = "a whole number" if kind is int else "a number"
-                    raise ValueError(f"parameter {name!r} must be {what}, got {text.strip()!r}") from None
+                value = _parse(name, text, guidance_names[name])
                 if value < 0:
                     raise ValueError(f"parameter {name!r} must not be negative, got {value}")
                 guidance[name.removeprefix("guidance_")] = value
             elif name in lookahead_names:
-                try:
-                    lookahead[name.removeprefix("lookahead_")] = int(text)
-                except ValueError:
-                    raise ValueError(f"parameter {name!r} must be a whole number, got {text.strip()!r}") from None
+                lookahead[name.removeprefix("lookahead_")] = _parse(name, text, int)
             elif name in selection_names or name == "quantile":
                 try:
                     value = float(text)
@@ -194,6 +186,14 @@ class EvalSettings:
             changes["bf16_sampling"] = False
         changes.update({f"guidance_{name}": value for name, value in self.guidance.items()})
         return changes
+
+
+def _parse(name: str, text: str, kind: type) -> float:
+    try:
+        return kind(text)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise ValueError(f"parameter {name!r} must be {what}, got {text.strip()!r}") from None
 
 
 def check_methods(methods: Sequence[str]) -> None:
