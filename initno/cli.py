@@ -1,4 +1,4 @@
-"""Command line: `python -m initno demo | eval | train | tokens | bench`."""
+"""Command line: `python -m initno demo | eval | study | train | tokens | bench`."""
 
 from __future__ import annotations
 
@@ -153,8 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         metavar="NAME=VALUE",
         help="a parameter other than its default: InitNO's (e.g. conflict_threshold=0.5), selection's "
-        "(candidates, polish_steps, patience), Fast's (lookahead_candidates, lookahead_steps) or the calibration "
-        "quantile (repeatable)",
+        "(candidates, polish_steps, patience), Fast's (lookahead_candidates, lookahead_steps), the guidance's "
+        "(guidance_step_scale, guidance_guided_fraction, guidance_max_refinement) or the calibration quantile "
+        "(repeatable)",
     )
     evaluation.add_argument("--grid", default="outputs/initno-eval.png", help="before/after grid PNG ('' for none)")
     evaluation.add_argument("--json", action="store_true", help="print the table and every verdict as JSON")

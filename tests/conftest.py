@@ -4,6 +4,7 @@ import pytest
 import torch
 from helpers import CAT_AND_DOG
 
+from initno.optimize import Denoiser
 from initno.tiny import TinyTextEncoder, apply_unet, build_unet
 
 torch.set_num_threads(2)
@@ -27,3 +28,9 @@ def cat_and_dog(text_encoder):
 @pytest.fixture
 def apply(tiny_unet):
     return apply_unet(tiny_unet)
+
+
+@pytest.fixture
+def denoiser(tiny_unet, apply):
+    """The tiny UNet as InitNO's denoiser at the official first timestep (PNDM's first of 50)."""
+    return Denoiser(unet=tiny_unet, apply=apply, timestep=981)

@@ -3,15 +3,10 @@ says what each figure is (checked on one short run of the tiny model)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+from helpers import run_cli
 
 from initno.bench import ratios, turns
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_variants_take_their_steps_in_turns_abba():
@@ -29,13 +24,7 @@ def test_ratio_is_the_median_of_each_rounds_ratio():
 
 
 def test_the_report_names_its_figures():
-    completed = subprocess.run(
-        [sys.executable, "-m", "initno.bench", "--tiny", "--repeats", "2", "--official"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    completed = run_cli("--tiny", "--repeats", "2", "--official", module="initno.bench")
     assert completed.returncode == 0, completed.stderr
     lines = completed.stdout.splitlines()
     assert "1 thread(s) per worker; median of 2, variants in turns (ABBA)" in lines[0]

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import run_cli
 from matplotlib import colormaps
 from PIL import Image
 
@@ -339,16 +338,8 @@ def test_the_demo_writes_the_picture_with_the_diagnostic_image(tmp_path):
     """`python -m initno demo` on the shipped miniature, cut short: plain, Fast and InitNO images, the
     verdicts, the diagnostic image beside them."""
     output = tmp_path / "new folder" / "x.png"
-    command = [sys.executable, "-m", "initno", "demo", "--rounds", "1", "--steps", "2", "--fallback", "0"]
-    command += ["--candidates", "2", "--lookahead-steps", "1"]
-    completed = subprocess.run(
-        [*command, "--output", str(output)],
-        cwd=Path(__file__).parents[1],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    quick = ["--rounds", "1", "--steps", "2", "--fallback", "0", "--candidates", "2", "--lookahead-steps", "1"]
+    completed = run_cli("demo", *quick, "--output", str(output), timeout=300)
     assert completed.returncode == 0, completed.stderr
     assert f"picture: {output}" in completed.stdout
     assert all(f"{name}: " in completed.stdout for name in ("plain", "Fast", "InitNO"))

@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from helpers import instance_forwards
 
 from initno import guidance as guidance_module
@@ -22,15 +21,9 @@ from initno.guidance import (
     guidance_losses,
     kdiffusion_guide,
 )
-from initno.optimize import Denoiser
-from initno.scores import conflict_loss, response_loss, smooth, subject_token_maps
+from initno.scores import response_loss, smooth, subject_token_maps
 
 SUBJECTS = [[2], [5]]
-
-
-@pytest.fixture
-def denoiser(tiny_unet, apply):
-    return Denoiser(unet=tiny_unet, apply=apply, timestep=981)
 
 
 def _z(seed=3) -> torch.Tensor:
@@ -113,9 +106,10 @@ def test_the_augmented_loss_weights_its_terms_and_does_not_gate_the_conflict():
 # -- the update against an independent reference ------------------------------------------------------------
 
 
-def _reference_loss(unet, apply, z, timestep, cond, augmented: bool):
-    """The official way: explicit attention in every layer, the whole UNet, the 1/4-grid maps averaged."""
-    cross, selfs = [], []
+def _reference_loss(unet, apply, z, timestep, cond):
+    """The official way: explicit attention in every layer, the whole UNet, the 1/4-grid maps averaged; the
+    response loss alone, which both methods step on outside the refinement."""
+    cross = []
     grid = z.shape[-1] // 4
 
     def explicit(module, x, context=None, mask=None):
@@ -123,8 +117,8 @@ def _reference_loss(unet, apply, z, timestep, cond, augmented: bool):
         projections = (module.to_q(x), module.to_k(source), module.to_v(source))
         q, k, v = (t.unflatten(-1, (module.heads, -1)).transpose(1, 2) for t in projections)
         probs = (q @ k.transpose(-1, -2) * module.scale).softmax(-1)
-        if x.shape[1] == grid * grid:
-            (cross if context is not None else selfs).append(probs.flatten(0, 1))
+        if x.shape[1] == grid * grid and context is not None:
+            cross.append(probs.flatten(0, 1))
         return module.to_out((probs @ v).transpose(1, 2).flatten(2))
 
     modules = [m for name, m in unet.named_modules() if name.endswith(("attn1", "attn2"))]
@@ -137,10 +131,7 @@ def _reference_loss(unet, apply, z, timestep, cond, augmented: bool):
             del module.forward
     cross_maps = torch.cat(cross).mean(0).reshape(grid, grid, -1)
     maps = subject_token_maps(cross_maps, SUBJECTS)
-    loss, peaks = response_loss(smooth(maps))
-    if augmented:
-        rows = torch.cat(selfs).mean(0)[peaks].reshape(len(SUBJECTS), grid, grid)
-        loss = loss + conflict_loss(smooth(rows))
+    loss, _peaks = response_loss(smooth(maps))
     return loss
 
 
@@ -150,7 +141,7 @@ def test_a_guided_step_moves_the_latent_as_the_reference_does(denoiser, tiny_une
     z, timestep, step = _z(), 801.0, 5  # a guided step without refinement
     with torch.enable_grad():
         reference_z = z.clone().requires_grad_(True)
-        loss = _reference_loss(tiny_unet, apply, reference_z, timestep, cat_and_dog, False)
+        loss = _reference_loss(tiny_unet, apply, reference_z, timestep, cat_and_dog)
         (gradient,) = torch.autograd.grad(loss, reference_z)
     expected = z - plan.step_sizes[step] * gradient
     forwards = instance_forwards(tiny_unet)
@@ -228,4 +219,3 @@ def _counting(function, calls):
 
 def test_the_module_documents_each_method():
     assert "InitNO+" in guidance_module.__doc__ and "Attend-and-Excite" in guidance_module.__doc__
-    assert F is not None

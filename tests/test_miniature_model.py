@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import functools
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_cli
 
 from initno.miniature import DEMO_PROMPT, DEMO_SEED, WEIGHTS_SHA256
 from initno.miniature.detect import detect
@@ -19,8 +17,6 @@ from initno.miniature.model import DESIGNS, Miniature
 from initno.miniature.train import sha256
 from initno.params import InitNOParams
 from initno.selection import LookaheadParams, SelectionParams, SelectionRequest, select_by_lookahead
-
-ROOT = Path(__file__).parents[1]
 
 
 @functools.cache
@@ -77,8 +73,8 @@ def test_the_demo_case_fast_and_initno_bring_back_what_plain_sampling_misses():
     """The demo's case: the plain image shows neither subject; Fast picks a restart whose attention 2 steps
     ahead has both peaks, and InitNO lifts the neglected subject's peak (its response loss from above the
     threshold to below it); the images from both noises show both subjects (the detector's verdicts, as
-    `python -m initno demo` prints them). The self-attention threshold is not met on this model (see the
-    README), so InitNO runs all rounds and the fallback."""
+    `python -m initno demo` prints them). The self-attention threshold is not met on this model (see
+    docs/evaluation.md), so InitNO runs all rounds and the fallback."""
     miniworld = miniworld_of("miniature")
     subjects, positions = miniworld.subjects_of(DEMO_PROMPT)
     cond = miniworld.model.encode([DEMO_PROMPT])
@@ -99,14 +95,7 @@ def test_the_demo_case_fast_and_initno_bring_back_what_plain_sampling_misses():
 
 def _eval_json(*options: str) -> dict:
     """`python -m initno eval OPTIONS --json`, run as a user runs it; its report."""
-    completed = subprocess.run(
-        [sys.executable, "-m", "initno", "eval", *options, "--json"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    completed = run_cli("eval", *options, "--json")
     assert completed.returncode == 0, completed.stderr
     return json.loads(completed.stdout)
 

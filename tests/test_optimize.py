@@ -4,41 +4,28 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import instance_forwards
+from helpers import image_request, instance_forwards, seeded_noise
 
 from initno import optimize as optimize_module
 from initno import scores
-from initno.optimize import Denoiser, ImageRequest, optimize_noise, shrink_into_kl_ball
+from initno.optimize import ImageRequest, optimize_noise, shrink_into_kl_ball
 from initno.params import InitNOParams
 from initno.scores import Evaluation, Scores, kl_divergence
 
 NEVER_VALID = {"cross_threshold": 0.0}
 
 
-def _noise(seed: int, size=(16, 16)) -> torch.Tensor:
-    return torch.randn(4, *size, generator=torch.Generator().manual_seed(seed))
-
-
-def _request(cond, seed=1, subjects=((2,), (5,)), size=(16, 16)) -> ImageRequest:
-    return ImageRequest(noise=_noise(seed, size), seed=seed, cond=cond, subjects=[list(s) for s in subjects])
-
-
-@pytest.fixture
-def denoiser(tiny_unet, apply):
-    return Denoiser(unet=tiny_unet, apply=apply, timestep=981)
-
-
 def test_joint_loss_decreases_and_gradients_reach_only_the_noise(denoiser, tiny_unet, cat_and_dog):
     flags = [p.requires_grad for p in tiny_unet.parameters()]
     params = InitNOParams(max_rounds=1, steps_per_round=8, fallback_steps=0, **NEVER_VALID)
-    (result,) = optimize_noise(denoiser, [_request(cat_and_dog, seed=4)], params)
+    (result,) = optimize_noise(denoiser, [image_request(cat_and_dog, seed=4)], params)
     # Not monotone (the clean term jumps, and the conflict term switches on below cross 0.5), but for
     # this seed the joint loss falls from 1.33 to 0.54 and the response loss from 0.43 to 0.24.
     joint = [record.scores.joint for record in result.trace]
     assert len(joint) == 8
     assert joint[-1] < joint[0] - 0.5
     assert result.final.cross < result.initial.cross - 0.15
-    assert not torch.equal(result.latent, _noise(4))
+    assert not torch.equal(result.latent, seeded_noise(4))
     assert all(p.grad is None for p in tiny_unet.parameters())
     assert [p.requires_grad for p in tiny_unet.parameters()] == flags
 
@@ -47,7 +34,7 @@ def test_every_loop_is_bounded_and_the_kl_stays_within_its_bound(denoiser, cat_a
     params = InitNOParams(
         max_rounds=2, steps_per_round=3, fallback_steps=4, kl_max_steps=1, kl_bound=1e-5, **NEVER_VALID
     )
-    (result,) = optimize_noise(denoiser, [_request(cat_and_dog)], params)
+    (result,) = optimize_noise(denoiser, [image_request(cat_and_dog)], params)
     # The fallback continues the best round at its last step: steps 2 and 3 of its 4.
     assert (result.rounds, result.steps, result.fallback, result.valid) == (2, 2 * 3 + 2, True, False)
     assert [(r.round, r.step, r.fallback) for r in result.trace][-3:] == [(1, 2, False), (2, 2, True), (2, 3, True)]
@@ -64,23 +51,23 @@ def test_a_valid_noise_is_returned_unchanged_after_one_pass(denoiser, cat_and_do
     # The random UNet's response loss is above the conflict gate, where no noise is valid: move the gate.
     monkeypatch.setattr(scores, "CONFLICT_GATE", 1.0)
     params = InitNOParams(cross_threshold=1.0, conflict_threshold=0.5)
-    (result,) = optimize_noise(denoiser, [_request(cat_and_dog)], params)
+    (result,) = optimize_noise(denoiser, [image_request(cat_and_dog)], params)
     assert (result.valid, result.rounds, result.steps, result.fallback) == (True, 1, 1, False)
-    assert torch.equal(result.latent, _noise(1))
+    assert torch.equal(result.latent, seeded_noise(1))
     assert result.initial == result.final
 
 
 def test_same_seed_gives_a_bit_identical_latent(denoiser, cat_and_dog):
     params = InitNOParams(max_rounds=2, steps_per_round=3, fallback_steps=2, **NEVER_VALID)
-    first = optimize_noise(denoiser, [_request(cat_and_dog)], params)[0]
-    second = optimize_noise(denoiser, [_request(cat_and_dog)], params)[0]
+    first = optimize_noise(denoiser, [image_request(cat_and_dog)], params)[0]
+    second = optimize_noise(denoiser, [image_request(cat_and_dog)], params)[0]
     assert torch.equal(first.latent, second.latent)
     assert first.trace == second.trace
 
 
 def test_a_batch_gives_each_image_its_single_result(denoiser, text_encoder, cat_and_dog):
     other_prompt = text_encoder([[49406, 320, 1929, 537, 320, 2368] + [49407] * 71])
-    requests = [_request(cat_and_dog, seed=3), _request(other_prompt, seed=4, subjects=[(2,), (5,)])]
+    requests = [image_request(cat_and_dog, seed=3), image_request(other_prompt, seed=4, subjects=[(2,), (5,)])]
     params = InitNOParams(max_rounds=2, steps_per_round=2, fallback_steps=2, **NEVER_VALID)
     batch = optimize_noise(denoiser, requests, params)
     for request, result in zip(requests, batch):
@@ -89,7 +76,7 @@ def test_a_batch_gives_each_image_its_single_result(denoiser, text_encoder, cat_
         assert alone.trace == result.trace
 
 
-def test_rounds_restart_from_the_images_own_seeded_noise(denoiser, cat_and_dog):
+def test_rounds_restart_from_the_images_own_seeded_noise(denoiser, cat_and_dog, monkeypatch):
     starts = []
     original_run = optimize_module._ImageOptimiser.run
 
@@ -98,13 +85,10 @@ def test_rounds_restart_from_the_images_own_seeded_noise(denoiser, cat_and_dog):
         return original_run(self, start_noise, *args, **kwargs)
 
     params = InitNOParams(max_rounds=3, steps_per_round=1, fallback_steps=1, **NEVER_VALID)
-    optimize_module._ImageOptimiser.run = spy
-    try:
-        optimize_noise(denoiser, [_request(cat_and_dog, seed=7)], params)
-    finally:
-        optimize_module._ImageOptimiser.run = original_run
+    monkeypatch.setattr(optimize_module._ImageOptimiser, "run", spy)
+    optimize_noise(denoiser, [image_request(cat_and_dog, seed=7)], params)
     draws = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(7))
-    assert torch.equal(starts[0], _noise(7))
+    assert torch.equal(starts[0], seeded_noise(7))
     assert torch.equal(starts[1], draws[1]) and torch.equal(starts[2], draws[2])
     assert any(torch.equal(starts[3], s) for s in starts[:3])  # the fallback restarts from a round's noise
 
@@ -114,7 +98,7 @@ def test_cancel_stops_within_one_step_with_the_best_latent_so_far(denoiser, cat_
     params = InitNOParams(max_rounds=3, steps_per_round=4, **NEVER_VALID)
     (result,) = optimize_noise(
         denoiser,
-        [_request(cat_and_dog)],
+        [image_request(cat_and_dog)],
         params,
         progress=lambda *args: passes.append(args),
         cancel=lambda: len(passes) >= 5,
@@ -126,8 +110,8 @@ def test_cancel_stops_within_one_step_with_the_best_latent_so_far(denoiser, cat_
 
 
 def test_cancel_before_anything_returns_the_noise_untouched(denoiser, cat_and_dog):
-    (result,) = optimize_noise(denoiser, [_request(cat_and_dog)], cancel=lambda: True)
-    assert torch.equal(result.latent, _noise(1))
+    (result,) = optimize_noise(denoiser, [image_request(cat_and_dog)], cancel=lambda: True)
+    assert torch.equal(result.latent, seeded_noise(1))
     assert result.cancelled and result.steps == 0 and result.final is None
 
 
@@ -137,15 +121,15 @@ def test_subjects_in_a_second_prompt_chunk(denoiser, text_encoder):
     cond = text_encoder([filler, second])
     assert cond.shape[1] == 154
     params = InitNOParams(max_rounds=1, steps_per_round=2, fallback_steps=0)
-    (result,) = optimize_noise(denoiser, [ImageRequest(_noise(1), 1, cond, [[77 + 2], [77 + 5]])], params)
+    (result,) = optimize_noise(denoiser, [ImageRequest(seeded_noise(1), 1, cond, [[77 + 2], [77 + 5]])], params)
     assert result.maps_after.cross.shape == (2, 4, 4)
     with pytest.raises(ValueError, match="not prompt tokens"):
-        optimize_noise(denoiser, [ImageRequest(_noise(1), 1, cond, [[77], [80]])], params)
+        optimize_noise(denoiser, [ImageRequest(seeded_noise(1), 1, cond, [[77], [80]])], params)
 
 
 def test_results_explain_themselves(denoiser, cat_and_dog):
     params = InitNOParams(max_rounds=1, steps_per_round=3, fallback_steps=0, **NEVER_VALID)
-    (result,) = optimize_noise(denoiser, [_request(cat_and_dog)], params)
+    (result,) = optimize_noise(denoiser, [image_request(cat_and_dog)], params)
     assert result.initial == result.trace[0].scores
     assert result.final == result.trace[-1].scores
     for snapshot in (result.maps_before, result.maps_after):
@@ -158,7 +142,7 @@ def test_results_explain_themselves(denoiser, cat_and_dog):
 def test_reduced_precision_unet_keeps_fp32_scores(denoiser, cat_and_dog):
     params = InitNOParams(max_rounds=1, steps_per_round=2, fallback_steps=0, **NEVER_VALID)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        (result,) = optimize_noise(denoiser, [_request(cat_and_dog)], params)
+        (result,) = optimize_noise(denoiser, [image_request(cat_and_dog)], params)
     assert result.latent.dtype == torch.float32
     assert result.maps_after.cross.dtype == torch.float32
     assert all(0 <= r.scores.cross <= 1 for r in result.trace)
@@ -167,7 +151,7 @@ def test_reduced_precision_unet_keeps_fp32_scores(denoiser, cat_and_dog):
 def test_hooks_are_gone_after_an_error(denoiser, tiny_unet, cat_and_dog):
     before = instance_forwards(tiny_unet)
     with pytest.raises(ValueError, match="not prompt tokens"):
-        optimize_noise(denoiser, [_request(cat_and_dog, subjects=[(0,), (5,)])])
+        optimize_noise(denoiser, [image_request(cat_and_dog, subjects=[(0,), (5,)])])
     assert instance_forwards(tiny_unet) == before
     assert all(not m._forward_pre_hooks for m in tiny_unet.modules())
     assert all(p.requires_grad for p in tiny_unet.parameters())
@@ -192,7 +176,7 @@ def test_a_successful_round_wins_over_a_better_scored_failed_one(denoiser, cat_a
     script = [(0.9, 0.0), (0.25, 0.05), (0.6, 0.0), (0.15, 0.25)]
     monkeypatch.setattr(optimize_module, "evaluate_attention", ScriptedScores(script))
     params = InitNOParams(max_rounds=5, steps_per_round=2)
-    (result,) = optimize_noise(denoiser, [_request(cat_and_dog)], params)
+    (result,) = optimize_noise(denoiser, [image_request(cat_and_dog)], params)
     assert (result.valid, result.rounds, result.steps, result.fallback) == (True, 2, 4, False)
     assert result.final == Scores(0.15, 0.25, 0.0, 0.40)
 
@@ -210,7 +194,7 @@ def test_fallback_runs_from_the_best_failed_round(denoiser, cat_and_dog, monkeyp
 
     monkeypatch.setattr(optimize_module._ImageOptimiser, "run", spy)
     params = InitNOParams(max_rounds=3, steps_per_round=2, fallback_steps=2)
-    (result,) = optimize_noise(denoiser, [_request(cat_and_dog)], params)
+    (result,) = optimize_noise(denoiser, [image_request(cat_and_dog)], params)
     assert result.fallback and not result.valid
     assert torch.equal(starts[3], starts[1])
     # The fallback's result is used even though it ends worse than round 1 did (as officially). Its
@@ -221,12 +205,12 @@ def test_fallback_runs_from_the_best_failed_round(denoiser, cat_and_dog, monkeyp
 
 def test_the_fallback_continues_the_best_round_with_the_numbers_of_a_rerun(denoiser, cat_and_dog, monkeypatch):
     params = InitNOParams(max_rounds=2, steps_per_round=3, fallback_steps=5, **NEVER_VALID)
-    (continued,) = optimize_noise(denoiser, [_request(cat_and_dog)], params)
+    (continued,) = optimize_noise(denoiser, [image_request(cat_and_dog)], params)
     real_run = optimize_module._ImageOptimiser.run
     monkeypatch.setattr(
         optimize_module._ImageOptimiser, "run", lambda self, *args, resume=None, **kw: real_run(self, *args, **kw)
     )
-    (rerun,) = optimize_noise(denoiser, [_request(cat_and_dog)], params)  # the official re-run from step 0
+    (rerun,) = optimize_noise(denoiser, [image_request(cat_and_dog)], params)  # the official re-run from step 0
     assert torch.equal(continued.latent, rerun.latent)
     assert continued.final == rerun.final and continued.kl == rerun.kl
     assert (rerun.steps, continued.steps) == (2 * 3 + 5, 2 * 3 + 3) == (rerun.steps, params.max_passes)

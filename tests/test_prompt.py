@@ -4,11 +4,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_cli
 
 from initno.clip_bpe import ClipTokenizer
 from initno.offline import read_prompt
@@ -159,7 +158,7 @@ def test_automatic_subjects(prompt, expected, tokenizer):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "initno", "tokens", *args], capture_output=True, text=True)
+    return run_cli("tokens", *args)
 
 
 def test_tokens_command_prints_json_positions():
@@ -173,6 +172,6 @@ def test_tokens_command_prints_json_positions():
 
 def test_tokens_command_fails_clearly():
     completed = _cli("a cat and a dog", "--subjects", "horse")
-    assert completed.returncode != 0
+    assert completed.returncode == 2
     assert "'horse' is not in the prompt" in completed.stderr
     assert completed.stdout == ""

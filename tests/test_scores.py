@@ -74,9 +74,12 @@ def test_softmax_over_chosen_positions_only():
 
 def test_a_subject_of_several_tokens_gets_their_summed_probability():
     cross = torch.zeros(2, 2, 77)
+    cross[0, 0, 3], cross[0, 0, 4] = 0.01, 0.02  # ×100: logits 1 and 2 among 73 zeros at one pixel
     separate = subject_token_maps(cross, [[3], [4]])
     together = subject_token_maps(cross, [[3, 4]])
     torch.testing.assert_close(together[0], separate[0] + separate[1])
+    expected = (np.exp(1) + np.exp(2)) / (np.exp(1) + np.exp(2) + 73)
+    assert together[0, 0, 0].item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_subject_positions_in_a_second_chunk_and_bad_positions():

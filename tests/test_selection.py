@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
+from helpers import image_request, seeded_noise
 
 from initno import calibration, selection
-from initno.calibration import Calibration, CalibrationCache, calibrate
+from initno.calibration import calibrate
 from initno.optimize import Denoiser
 from initno.params import InitNOParams
 from initno.selection import (
@@ -23,19 +22,6 @@ from initno.selection import (
 NEVER = Thresholds(0.0, 0.0, "never reached")
 
 
-def _noise(seed: int) -> torch.Tensor:
-    return torch.randn(4, 16, 16, generator=torch.Generator().manual_seed(seed))
-
-
-def _request(cond, seed=1, subjects=((2,), (5,))) -> SelectionRequest:
-    return SelectionRequest(_noise(seed), seed, cond, [list(s) for s in subjects])
-
-
-@pytest.fixture
-def denoiser(tiny_unet, apply):
-    return Denoiser(unet=tiny_unet, apply=apply, timestep=981)
-
-
 def test_rank_weighs_each_score_in_units_of_its_threshold():
     scores = NoiseScores(cross=0.3, conflict=0.2, clean=0.7)
     assert scores.rank(Thresholds(0.2, 0.4)) == pytest.approx(0.3 / 0.2 + 0.2 / 0.4)  # 1.5 + 0.5, clean ignored
@@ -43,7 +29,7 @@ def test_rank_weighs_each_score_in_units_of_its_threshold():
 
 
 def test_candidates_are_the_seed_noise_then_the_restarts_initno_draws():
-    noise = _noise(7)
+    noise = seeded_noise(7)
     candidates = candidate_noises(noise, 7, 3)
     draws = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(7))
     assert torch.equal(candidates[0], noise)
@@ -73,11 +59,11 @@ def test_batch_adam_takes_torch_adams_steps_for_each_image_and_none_where_masked
 
 def test_selection_keeps_the_best_ranked_candidate(denoiser, cat_and_dog):
     chosen = Thresholds(0.2, 0.3)
-    (result,) = select_and_polish(denoiser, [_request(cat_and_dog)], SelectionParams(6, 0), chosen)
+    (result,) = select_and_polish(denoiser, [image_request(cat_and_dog)], SelectionParams(6, 0), chosen)
     ranks = [c.rank(chosen) for c in result.candidates]
     assert len(ranks) == 6 and result.passes == 6 and result.polish_steps == 0
     assert result.chosen == min(range(6), key=lambda j: ranks[j])
-    assert torch.equal(result.latent, candidate_noises(_noise(1), 1, 6)[result.chosen])
+    assert torch.equal(result.latent, candidate_noises(seeded_noise(1), 1, 6)[result.chosen])
     assert result.final == result.candidates[result.chosen]
 
 
@@ -85,7 +71,7 @@ def test_polish_lowers_the_rank_and_stays_within_the_kl_bound(denoiser, tiny_une
     flags = [p.requires_grad for p in tiny_unet.parameters()]
     thresholds = Thresholds(0.2, 0.3)
     params = InitNOParams(kl_bound=1e-3)
-    (result,) = select_and_polish(denoiser, [_request(cat_and_dog, seed=4)], SelectionParams(2, 6, 6), thresholds,
+    (result,) = select_and_polish(denoiser, [image_request(cat_and_dog, seed=4)], SelectionParams(2, 6, 6), thresholds,
                                   params)  # fmt: skip
     start = result.candidates[result.chosen]
     # Recorded: for this seed the rank falls from 3.41 to 2.23 over the 6 steps (cross 0.43 -> 0.24).
@@ -106,20 +92,21 @@ def test_polish_stops_when_the_rank_stops_improving(denoiser, cat_and_dog, monke
         return NoiseScores(cross=value * 0.2, conflict=0.0, clean=0.0)
 
     monkeypatch.setattr(NoiseScores, "of", staticmethod(scripted))
-    (result,) = select_and_polish(denoiser, [_request(cat_and_dog)], SelectionParams(1, 8, 2), Thresholds(0.2, 0.3))
+    requests = [image_request(cat_and_dog)]
+    (result,) = select_and_polish(denoiser, requests, SelectionParams(1, 8, 2), Thresholds(0.2, 0.3))
     assert [s.cross / 0.2 for s in result.trace] == pytest.approx([5.0, 4.0, 4.5, 4.2])
     assert result.polish_steps == 1 and result.final.cross == pytest.approx(0.8)
     assert result.passes == 1 + 1 + 3
 
 
 def test_a_candidate_within_the_thresholds_is_returned_without_polishing(denoiser, cat_and_dog):
-    (result,) = select_and_polish(denoiser, [_request(cat_and_dog)], SelectionParams(3, 5), Thresholds(1.1, 1.0))
+    (result,) = select_and_polish(denoiser, [image_request(cat_and_dog)], SelectionParams(3, 5), Thresholds(1.1, 1.0))
     assert result.reached and result.passes == 3 and result.polish_steps == 0
 
 
 def test_a_batch_gives_each_image_its_own_result(denoiser, text_encoder, cat_and_dog):
     other = text_encoder([[49406, 320, 1929, 537, 320, 2368] + [49407] * 71])
-    requests = [_request(cat_and_dog, seed=3), _request(other, seed=4), _request(cat_and_dog, seed=5)]
+    requests = [image_request(cat_and_dog, seed=3), image_request(other, seed=4), image_request(cat_and_dog, seed=5)]
     thresholds, settings = Thresholds(0.2, 0.3), SelectionParams(3, 3, 3)
     together = select_and_polish(denoiser, requests, settings, thresholds, batch_size=8)
     for request, result in zip(requests, together):
@@ -146,39 +133,25 @@ def test_calibration_sets_each_threshold_at_the_quantile_of_random_noises(denois
         return scores
 
     monkeypatch.setattr(NoiseScores, "of", staticmethod(spy))
-    result = calibrate(denoiser, [_request(cat_and_dog)], "tiny", noises_per_prompt=5, q=0.5)
+    result = calibrate(denoiser, [image_request(cat_and_dog)], "tiny", noises_per_prompt=5, q=0.5)
     assert result.samples == 5 and len(seen) == 5
     assert result.cross == pytest.approx(sorted(s.cross for s in seen)[2])
     assert result.conflict == pytest.approx(sorted(s.conflict for s in seen)[2])
     assert result.thresholds.source == "calibrated (q0.5 of 5 noises)"
-    again = calibrate(denoiser, [_request(cat_and_dog)], "tiny", noises_per_prompt=5, q=0.5)
+    again = calibrate(denoiser, [image_request(cat_and_dog)], "tiny", noises_per_prompt=5, q=0.5)
     assert again == result  # fixed noises: the same model calibrates the same
 
 
 def test_calibration_refuses_prompts_without_two_subjects(denoiser, cat_and_dog):
     with pytest.raises(ValueError, match="two subjects"):
-        calibrate(denoiser, [_request(cat_and_dog, subjects=((2,),))], "tiny")
-
-
-def test_the_cache_keeps_calibrations_per_key_and_drops_other_versions(tmp_path):
-    path = tmp_path / "calibration.json"
-    entry = Calibration("model-a", 0.3, 0.4, 0.25, 64)
-    CalibrationCache(path).put(entry)
-    assert CalibrationCache(path).get("model-a") == entry
-    assert CalibrationCache(path).get("model-b") is None
-    stored = json.loads(path.read_text())
-    stored["model-a"]["version"] = calibration.VERSION + 1
-    path.write_text(json.dumps(stored))
-    assert CalibrationCache(path).get("model-a") is None
-    path.write_text("not json")
-    assert CalibrationCache(path).get("model-a") is None
+        calibrate(denoiser, [image_request(cat_and_dog, subjects=((2,),))], "tiny")
 
 
 def test_zero_steps_ahead_scores_the_noises_themselves_as_initnos_first_pass(denoiser, cat_and_dog):
     def advance(latents, conds, steps):
         raise AssertionError("nothing to sample ahead")
 
-    request = _request(cat_and_dog, seed=2)
+    request = image_request(cat_and_dog, seed=2)
     (result,) = selection.select_by_lookahead(denoiser, advance, [request], selection.LookaheadParams(3, steps=0))
     (first_pass,) = select_and_polish(denoiser, [request], SelectionParams(3, 0))
     assert result.passes == 3
@@ -195,9 +168,9 @@ def test_lookahead_chooses_by_the_attention_ahead_and_returns_the_initial_noise(
         return latents * 0.5, 601  # a stand-in sampler: some steps ahead, at timestep 601
 
     (result,) = selection.select_by_lookahead(
-        denoiser, advance, [_request(cat_and_dog, seed=2)], selection.LookaheadParams(candidates=3, steps=4)
+        denoiser, advance, [image_request(cat_and_dog, seed=2)], selection.LookaheadParams(candidates=3, steps=4)
     )
-    candidates = candidate_noises(_noise(2), 2, 3)
+    candidates = candidate_noises(seeded_noise(2), 2, 3)
     assert len(calls) == 1 and calls[0][1] == 4 and torch.equal(calls[0][0], candidates)
     ranks = [s.cross + s.conflict for s in result.candidates]
     assert result.chosen == min(range(3), key=lambda j: ranks[j])

@@ -51,6 +51,9 @@ def test_settings_defaults_apply_and_explicit_values_win():
         ([{"max_round": 5}], r"unknown InitNO argument\(s\) \['max_round'\]; known: enabled, subjects, max_rounds"),
         ([{"max_rounds": 50}], "'max_rounds' must be between 1 and 20, got 50"),
         ([{"max_rounds": 2.5}], "'max_rounds' must be int, got 2.5"),
+        ([{"max_rounds": "inf"}], "'max_rounds' must be int, got 'inf'"),  # int(inf) overflows
+        ([{"max_rounds": 10**400}], "'max_rounds' must be int, got 1000"),  # too big for a float
+        ([{"learning_rate": "1e999"}], "'learning_rate' must be between"),  # inf: a float, out of range
         ([{"cross_threshold": "high"}], "'cross_threshold' must be float, got 'high'"),
         ([{"subjects": 3}], "'subjects' must be str, got 3"),
         ([{"enabled": "maybe"}], r"'enabled' must be a boolean \(true or false\), got 'maybe'"),
@@ -157,7 +160,7 @@ def test_the_readme_documents_the_positional_order_the_code_accepts():
         return "off" if default is False else "empty" if default == "" else str(default)
 
     assert [default for _, default in table] == [
-        arg.label_of(arg.default) if arg.choices else shown(arg.default) for arg in ARGS
+        dict(arg.choices)[arg.default] if arg.choices else shown(arg.default) for arg in ARGS
     ]
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     listed = re.search(r"`GET /initno/v1/schema` lists: `([^`]+)`", readme.replace("\n", " ")).group(1)
@@ -214,7 +217,7 @@ def test_lookahead_is_the_default_and_says_what_it_costs():
     assert args.selects_noise and not args.optimises_noise and args.guidance is None
     assert args.lookahead == LookaheadParams()
     # its cost in sampling steps of one image (2 passes each): 4 × 2 steps ahead = 20 passes
-    assert ARGS[12].label_of("lookahead") == "Fast: choose the best of 4 noises (≈ 10 sampling steps)"
+    assert dict(ARGS[12].choices)["lookahead"] == "Fast: choose the best of 4 noises (≈ 10 sampling steps)"
     assert methods.lookahead_label(LookaheadParams(2, 0)) == "Fast: choose the best of 2 noises (≈ 1 sampling step)"
     assert ScriptArgs.from_named({"method": "initno"}).lookahead is None
     chosen = ScriptArgs.from_named({"lookahead_candidates": 8, "lookahead_steps": "3"})

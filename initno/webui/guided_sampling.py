@@ -1,9 +1,11 @@
 """Putting the sampling guidance (InitNO+, Attend-and-Excite) on a batch's sampler, and taking it off.
 
 The guidance hooks live on the batch's sampler (`sampler_hook.SamplerGuidance`) and are taken off in
-`post_sample`; if sampling ends in an exception the host skips `post_sample`, so they are also taken off
-at the next batch's hook and at `postprocess` (the sampler object, which carries them, is dropped by the
-host anyway; the attention capture and the frozen parameters never outlive one guidance step).
+`post_sample`. What keeps them from outliving the batch is that the host creates a new sampler for every
+batch: if sampling raises, A1111 ends the generation with the sampler (no next batch, no `postprocess`).
+They are also taken off at the next batch's hook and at `postprocess`, for forks that skip `post_sample`
+when sampling returns nothing. The attention capture and the frozen parameters never outlive one
+guidance step.
 """
 
 from __future__ import annotations

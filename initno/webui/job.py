@@ -51,7 +51,7 @@ class InitNOJob:
     def run_batch(self, p, x: torch.Tensor) -> None:
         """Replaces the batch's initial noise `x` (B, C, H, W) in place with the optimised noise, and/or
         puts the sampling guidance on the batch's sampler."""
-        self.end_guidance()  # a previous batch's, if its sampling ended in an exception
+        self.end_guidance()  # a previous batch's, where a fork skipped `post_sample` (see guided_sampling)
         first = p.iteration * p.batch_size
         try:
             self._run_batch(p, x, first)
@@ -73,9 +73,9 @@ class InitNOJob:
             params = self._params(p, host, x, denoiser, positions, first)
             if params is None:
                 return
-            results, denoiser = self._optimise(p, host, x, denoiser, requests, params)
+            results, denoiser = self._optimise(host, x, denoiser, requests, params)
             for i, result in zip(positions, results):
-                self._use_result(x, i, first + i, result)
+                self._use_noise(x, i, first + i, result)
             host.use_noise(p, x)
         if self.args.guidance is not None:
             outcomes = [self.outcomes[first + i] if i in positions else None for i in range(x.shape[0])]
@@ -123,7 +123,7 @@ class InitNOJob:
         return self.args.params.replace(cross_threshold=calibrated.cross, conflict_threshold=calibrated.conflict)
 
     def _optimise(
-        self, p, host: Host, x, denoiser: Denoiser, requests, params: InitNOParams
+        self, host: Host, x, denoiser: Denoiser, requests, params: InitNOParams
     ) -> tuple[list[ImageResult], Denoiser]:
         """The batch's optimised noise, and the denoiser that managed it: Automatic checkpointing can misjudge
         the free memory (e.g. --medvram moves the UNet in only when it runs), so a step that ran out of
@@ -167,18 +167,16 @@ class InitNOJob:
                     for later, j in enumerate(positions[n:]):
                         self.outcomes[first + j].status = interrupted_selection(shown.passes if later == 0 else 0)
                     return
-                self._use_selection(x, i, first + i, result)
+                self._use_noise(x, i, first + i, result)
 
-    def _use_selection(self, x: torch.Tensor, i: int, index: int, result: SelectionResult) -> None:
+    def _use_noise(self, x: torch.Tensor, i: int, index: int, result: SelectionResult | ImageResult) -> None:
+        """Image i of the batch starts from the chosen or optimised noise; its outcome records how."""
         x[i].copy_(result.latent.to(dtype=x.dtype, device=x.device))
         outcome = self.outcomes[index]
-        outcome.selection, outcome.status = result, status_of_selection(result)
-        print(f"InitNO: image {index + 1}: {outcome.status}; {outcome.scores}")
-
-    def _use_result(self, x: torch.Tensor, i: int, index: int, result: ImageResult) -> None:
-        x[i].copy_(result.latent.to(dtype=x.dtype, device=x.device))
-        outcome = self.outcomes[index]
-        outcome.result, outcome.status = result, status_of(result)
+        if isinstance(result, SelectionResult):
+            outcome.selection, outcome.status = result, status_of_selection(result)
+        else:
+            outcome.result, outcome.status = result, status_of(result)
         print(f"InitNO: image {index + 1}: {outcome.status}; {outcome.scores}")
 
     def _skip(self, p, indices: Iterable[int], reason: str) -> None:

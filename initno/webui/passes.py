@@ -21,12 +21,17 @@ def first_timestep(p) -> float:
     DDIM/PLMS/UniPC through their timestep list (the official code uses PNDM's first, 981 of 50)."""
     sampler = p.sampler
     if hasattr(sampler, "get_sigmas") and hasattr(sampler, "model_wrap"):
-        sigmas = sampler.get_sigmas(p, p.steps)
-        wrap = sampler.model_wrap
-        return float(wrap.sigma_to_t(torch.as_tensor(sigmas[0], device=wrap.log_sigmas.device)))
+        return sigma_to_timestep(sampler.model_wrap, sampler.get_sigmas(p, p.steps)[0])
     if hasattr(sampler, "get_timesteps"):
         return float(sampler.get_timesteps(p, p.steps).max())
     raise faults.unknown_sampler(type(sampler).__name__)
+
+
+def sigma_to_timestep(model_wrap, sigma) -> float:
+    """A k-diffusion sigma as the UNet's timestep, by the host's wrapper of the model (its own schedule)."""
+    log_sigmas = getattr(model_wrap, "log_sigmas", None)
+    device = log_sigmas.device if log_sigmas is not None else "cpu"
+    return float(model_wrap.sigma_to_t(torch.as_tensor(sigma, device=device)))
 
 
 def denoiser(p, host: Host) -> Denoiser:

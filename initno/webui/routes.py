@@ -5,8 +5,8 @@
   `unsupported`: why InitNO will be skipped, as far as it is known before generating (the loaded model,
   e.g. an SDXL refiner; token merging in the settings; no subjects found automatically), or null;
   422 `{"detail": message}` for a subject that cannot be mapped.
-- `GET /initno/v1/schema` -> the arguments: name, type, default, range, infotext key, choices, in positional
-  order.
+- `GET /initno/v1/schema` -> the arguments: name, type, default, range, label, infotext key, help, choices,
+  in positional order.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from collections.abc import Callable
 import torch
 
 from ..guidance import ImageGuidance, kdiffusion_guide
+from .passes import sigma_to_timestep
 
 
 class SamplerGuidance:
@@ -50,11 +51,10 @@ class SamplerGuidance:
         self.around = around or contextlib.nullcontext
         self.guided_steps = max((guide.plan.guided for guide in guides if guide is not None), default=0)
         self.finished = False
-        self.denoiser = sampler.model_wrap_cfg
+        self.cfg_denoiser = sampler.model_wrap_cfg
         options = getattr(getattr(sampler, "config", None), "options", None) or {}
         self.state_call_offset = 1 if options.get("second_order") else 0
-        wrap = getattr(sampler, "model_wrap", None)
-        self.sigma_to_t = getattr(wrap, "sigma_to_t", None) if hasattr(sampler, "get_sigmas") else None
+        self.kdiffusion_wrap = getattr(sampler, "model_wrap", None) if hasattr(sampler, "get_sigmas") else None
         self.callbacks = 0
         self.calls_since_callback = 0
         self._installed: list[tuple[object, str, object]] = []
@@ -62,8 +62,13 @@ class SamplerGuidance:
     # -- installing -------------------------------------------------------------------------------------
 
     def install(self) -> SamplerGuidance:
-        self._override(self.denoiser, "forward", self._forward(self.denoiser.forward))
-        self._override(self.sampler, "callback_state", self._callback(self.sampler.callback_state))
+        """Both overrides or neither: a half-installed hook would guide while the infotext says it stopped."""
+        try:
+            self._override(self.cfg_denoiser, "forward", self._forward(self.cfg_denoiser.forward))
+            self._override(self.sampler, "callback_state", self._callback(self.sampler.callback_state))
+        except BaseException:
+            self.remove()
+            raise
         return self
 
     def _override(self, owner, name: str, value) -> None:
@@ -116,8 +121,8 @@ class SamplerGuidance:
                     if guide is None:
                         continue
                     latent, level = x[index : index + 1], float(sigma[index])
-                    if self.sigma_to_t is not None:  # k-diffusion: sigma in, the UNet's timestep for the pass
-                        timestep = float(self.sigma_to_t(torch.as_tensor(level, device=self.sigma_device())))
+                    if self.kdiffusion_wrap is not None:  # k-diffusion: sigma in, the UNet's timestep for the pass
+                        timestep = sigma_to_timestep(self.kdiffusion_wrap, level)
                         new = kdiffusion_guide(guide.guide, step, latent, level, timestep)
                     else:  # DDIM, PLMS: the sampler holds z_t and passes the timestep itself
                         new = guide.guide(step, latent, level)
@@ -129,10 +134,6 @@ class SamplerGuidance:
         with torch.no_grad():
             for index, new in moved:  # in place: the sampler's own tensor, after every image succeeded
                 x[index].copy_(new[0].to(dtype=x.dtype, device=x.device))
-
-    def sigma_device(self):
-        log_sigmas = getattr(getattr(self.sampler, "model_wrap", None), "log_sigmas", None)
-        return log_sigmas.device if log_sigmas is not None else "cpu"
 
 
 _ABSENT = object()

@@ -39,10 +39,15 @@ def _resolve(p, values) -> ScriptArgs | None:
         args = ScriptArgs.from_script_args(values, ui.setting_defaults())
         return args.replace(**overrides) if overrides else args
     except ArgumentError as error:
-        reason = str(error).removeprefix("InitNO ")
-        comment(p, f"InitNO {skipped(reason)}")
-        own_generation_params(p)["InitNO"] = skipped(reason)
+        _refuse(p, error)
         return None
+
+
+def _refuse(p, error: ArgumentError) -> None:
+    """The generation goes on without InitNO; the console, the infotext and the API's `info` say why."""
+    reason = str(error).removeprefix("InitNO ")
+    comment(p, f"InitNO {skipped(reason)}")
+    own_generation_params(p)["InitNO"] = skipped(reason)
 
 
 class InitNOAlwaysOn(scripts.Script):
@@ -85,7 +90,7 @@ class InitNOAlwaysOn(scripts.Script):
     def post_sample(self, p, ps, *args):
         job = job_of(p)
         if job is not None:
-            job.end_guidance()  # sampling is over (skipped after an exception: see guided_sampling)
+            job.end_guidance()  # sampling is over (see guided_sampling for when this is skipped)
 
     def postprocess(self, p, processed, *args):
         job = job_of(p)
@@ -116,6 +121,10 @@ class InitNODropdown(scripts.Script):
         else:  # choosing the entry in the UI is what switches InitNO on, with the section's settings
             always_on = next(s for s in p.scripts.alwayson_scripts if isinstance(s, InitNOAlwaysOn))
             values = p.script_args[always_on.args_from : always_on.args_to]
-            chosen = ScriptArgs.from_script_args(values, ui.setting_defaults()).replace(enabled=True)
+            try:
+                chosen = ScriptArgs.from_script_args(values, ui.setting_defaults()).replace(enabled=True)
+            except ArgumentError as error:  # as the accordion alone does: an image without InitNO, and why
+                _refuse(p, error)
+                chosen = ScriptArgs.from_named({"enabled": False})
         setattr(p, DROPDOWN_ARGS, chosen)  # also decides over `alwayson_scripts` in the same request
         return processing.process_images(p)

@@ -37,6 +37,26 @@ def setting_defaults() -> dict:
     return {arg.name: getattr(shared.opts, setting_key(arg), arg.default) for arg in DEFAULTABLE}
 
 
+PLACEHOLDERS = {
+    "subjects": "cat, dog — empty: nouns chosen automatically",
+    "refinement_schedule": "empty: the method's official schedule "
+    f"({METHODS[INITNO_PLUS].name}: {format_refinements(OFFICIAL_REFINEMENTS[INITNO_PLUS])})",
+}
+
+
+def _component(arg: Arg) -> tuple[type, dict]:
+    """An argument's gradio control and its arguments, the same in the section and on the Settings page."""
+    if arg.kind is bool:
+        return gr.Checkbox, {}
+    if arg.choices is not None:
+        return gr.Radio, {"choices": [(label, choice) for choice, label in arg.choices]}
+    if arg.kind is str:
+        return gr.Textbox, {"placeholder": PLACEHOLDERS.get(arg.name, ""), "lines": 1}
+    if arg.step is not None:
+        return gr.Slider, {"minimum": arg.minimum, "maximum": arg.maximum, "step": arg.step}
+    return gr.Number, {"precision": 0 if arg.kind is int else None}
+
+
 def register_settings() -> None:
     options = {
         "initno_checkpointing": shared.OptionInfo(
@@ -47,18 +67,7 @@ def register_settings() -> None:
         ).info("less memory for about one more forward per step; Automatic: when the GPU's free memory is short")
     }
     for arg in DEFAULTABLE:
-        if arg.kind is bool:
-            component, component_args = gr.Checkbox, {}
-        elif arg.choices is not None:
-            component, component_args = gr.Radio, {"choices": [(label, value) for value, label in arg.choices]}
-        elif arg.kind is str:
-            component, component_args = gr.Textbox, {}
-        elif arg.step is not None:
-            component = gr.Slider
-            component_args = {"minimum": arg.minimum, "maximum": arg.maximum, "step": arg.step}
-        else:
-            component, component_args = gr.Number, {}
-        option = shared.OptionInfo(arg.default, f"{arg.label} (default)", component, component_args)
+        option = shared.OptionInfo(arg.default, f"{arg.label} (default)", *_component(arg))
         # The controls take these defaults when the UI is built: a UI reload applies a change.
         option = option.info(arg.help) if arg.help else option
         options[setting_key(arg)] = option.needs_reload_ui()
@@ -66,24 +75,9 @@ def register_settings() -> None:
         shared.opts.add_option(key, option)
 
 
-PLACEHOLDERS = {
-    "subjects": "cat, dog — empty: nouns chosen automatically",
-    "refinement_schedule": "empty: the method's official schedule "
-    f"({METHODS[INITNO_PLUS].name}: {format_refinements(OFFICIAL_REFINEMENTS[INITNO_PLUS])})",
-}
-
-
 def _control(arg: Arg, value, elem_id: str, visible: bool = True):
-    common = {"label": arg.label, "value": value, "elem_id": elem_id, "visible": visible}
-    if arg.kind is bool:
-        return gr.Checkbox(**common)
-    if arg.choices is not None:
-        return gr.Radio(choices=[(label, choice) for choice, label in arg.choices], **common)
-    if arg.kind is str:
-        return gr.Textbox(**common, placeholder=PLACEHOLDERS.get(arg.name, ""), lines=1)
-    if arg.step is not None:
-        return gr.Slider(minimum=arg.minimum, maximum=arg.maximum, step=arg.step, **common)
-    return gr.Number(precision=0 if arg.kind is int else None, **common)
+    component, component_args = _component(arg)
+    return component(label=arg.label, value=value, elem_id=elem_id, visible=visible, **component_args)
 
 
 def accordion(tabname: str) -> tuple[list, list]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 import pytest
 import torch
 
@@ -28,6 +29,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from modules import (  # noqa: E402
     devices,
     errors,
+    infotext_utils,
     processing,
     rng,
     script_callbacks,
@@ -130,22 +132,52 @@ def assert_no_hooks_left(model: StandInSD1Model) -> None:
     assert all(p.grad is None for p in unet.parameters()), "a parameter got a gradient"
 
 
-@pytest.fixture
-def optimisations(monkeypatch) -> list:
-    """(requests, results) of every noise optimisation InitNO runs, the real one delegated to."""
-    from initno import optimize as optimize_module
-    from initno.webui import job as job_module
+class OptimiseSpy:
+    """Every noise optimisation InitNO runs, as (denoiser, requests, params, results), the real one delegated to."""
 
-    seen = []
-    real = optimize_module.optimize_noise
+    def __init__(self, monkeypatch):
+        from initno import optimize as optimize_module
+        from initno.webui import job as job_module
 
-    def recording(denoiser, requests, params, **kwargs):
-        results = real(denoiser, requests, params, **kwargs)
-        seen.append((requests, results))
+        self.calls = []
+        self.real = optimize_module.optimize_noise
+        monkeypatch.setattr(job_module, "optimize_noise", self)
+
+    def __call__(self, denoiser, requests, params, **kwargs):
+        results = self.real(denoiser, requests, params, **kwargs)
+        self.calls.append((denoiser, requests, params, results))
         return results
 
-    monkeypatch.setattr(job_module, "optimize_noise", recording)
-    return seen
+    @property
+    def results(self) -> list:
+        return [r for *_, results in self.calls for r in results]
+
+    @property
+    def latents(self) -> list[torch.Tensor]:
+        return [r.latent for r in self.results]
+
+
+@pytest.fixture
+def optimisations(monkeypatch) -> OptimiseSpy:
+    return OptimiseSpy(monkeypatch)
+
+
+SIZE = {"width": 128, "height": 128}
+"""128² images: latents of 16×16, so InitNO reads the 4×4 grid."""
+
+
+def infotext_params(processed, index=0) -> dict:
+    """The image's infotext, read back as the host's paste does."""
+    return infotext_utils.parse_generation_parameters(processed.infotexts[index])
+
+
+def initno_status(processed, index=0) -> str:
+    return infotext_params(processed, index)["InitNO"]
+
+
+def pixels(processed) -> list[np.ndarray]:
+    """The images as int arrays (differences do not wrap around as uint8 would)."""
+    return [np.asarray(image).astype(int) for image in processed.images]
 
 
 @pytest.fixture

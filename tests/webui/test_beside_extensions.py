@@ -12,12 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import QUICK_INITNO
-from modules import infotext_utils
+from conftest import QUICK_INITNO, SIZE, initno_status, pixels
 
 HOST = Path(__file__).resolve().parents[1] / "host"
 ON = {"enabled": True, **QUICK_INITNO}
-SIZE = {"width": 128, "height": 128}
 
 
 def _load(relative: str):
@@ -25,14 +23,6 @@ def _load(relative: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _status(processed, index=0):
-    return infotext_utils.parse_generation_parameters(processed.infotexts[index])["InitNO"]
-
-
-def _pixels(processed):
-    return [np.asarray(image) for image in processed.images]
 
 
 def _instance_forwards(unet):
@@ -56,22 +46,22 @@ def test_regional_prompter_attention_mode_is_refused_by_name(webui, unet, optimi
     finally:
         regional.hook_forwards(unet, remove=True)
     for index in (0, 1):
-        status = _status(processed, index)
+        status = initno_status(processed, index)
         assert status.startswith("skipped: sd-webui-regional-prompter replaces the UNet's cross-attention")
         assert "its Latent mode works with InitNO" in status
-    assert optimisations == []
+    assert optimisations.calls == []
     assert after == hooked  # its forwards as it set them
     # Sampling ran through them exactly as without InitNO, and no pass of InitNO did.
     assert regional.calls == calls_without > 0
-    assert all(np.array_equal(a, b) for a, b in zip(_pixels(processed), _pixels(without), strict=True))
+    assert all(np.array_equal(a, b) for a, b in zip(pixels(processed), pixels(without), strict=True))
 
 
 def test_regional_prompter_latent_mode_leaves_initno_running(webui, unet, optimisations):
     regional = _load("extensions/sd-webui-regional-prompter/scripts/attention.py").RegionalPrompter(batch_size=2)
     regional.hook_forwards(unet, remove=True)  # latent mode takes its forwards off (scripts/rp.py:598)
     processed = webui.txt2img(ON, batch_size=2, **SIZE)
-    assert all(_status(processed, i).startswith(("valid", "not valid")) for i in (0, 1))
-    ((requests, results),) = optimisations
+    assert all(initno_status(processed, i).startswith(("valid", "not valid")) for i in (0, 1))
+    ((_, requests, _, results),) = optimisations.calls
     assert len(results) == 2
     assert all(not torch.equal(r.latent, q.noise) for q, r in zip(requests, results))  # each noise moved
 
@@ -84,10 +74,12 @@ def test_animatediff_is_refused_and_its_frames_made_as_without_initno(webui, une
         processed = webui.txt2img(ON, batch_size=2, **SIZE)
     finally:
         animatediff.restore(unet)
-    assert _status(processed).startswith("skipped: AnimateDiff is on: its motion modules make the batch one video")
-    assert optimisations == []
+    assert initno_status(processed).startswith(
+        "skipped: AnimateDiff is on: its motion modules make the batch one video"
+    )
+    assert optimisations.calls == []
     assert len(processed.images) == 2
-    assert all(np.array_equal(a, b) for a, b in zip(_pixels(processed), _pixels(without), strict=True))
+    assert all(np.array_equal(a, b) for a, b in zip(pixels(processed), pixels(without), strict=True))
 
 
 def test_hypertile_keeps_tiling_and_initno_runs(webui, unet, optimisations):
@@ -100,11 +92,11 @@ def test_hypertile_keeps_tiling_and_initno_runs(webui, unet, optimisations):
         after = _instance_forwards(unet)
     finally:
         hypertile.unhook_model(unet)
-    assert _status(processed).startswith(("valid", "not valid"))
+    assert initno_status(processed).startswith(("valid", "not valid"))
     assert after == wrappers
-    (plain_requests, (plain,)), (requests, (tiled,)) = optimisations
+    (_, plain_requests, _, (plain,)), (_, requests, _, (tiled,)) = optimisations.calls
     assert not torch.equal(tiled.latent, requests[0].noise)  # InitNO moved the noise
     # The tiling acts in InitNO's passes too: the same noise scores differently through the tiled layers.
     assert torch.equal(requests[0].noise, plain_requests[0].noise)
     assert tiled.initial.joint != plain.initial.joint
-    assert not np.array_equal(_pixels(processed)[0], _pixels(plain_run)[0])
+    assert not np.array_equal(pixels(processed)[0], pixels(plain_run)[0])

@@ -14,7 +14,7 @@ import pytest
 import torch
 from backend.diffusion_engine.sd15 import StableDiffusion
 from backend.patcher.unet import KModel, UnetPatcher
-from conftest import assert_no_hooks_left, interrupt_on_call
+from conftest import SIZE, assert_no_hooks_left, infotext_params, interrupt_on_call
 from modules import infotext_utils, processing, prompt_parser, shared
 from modules.sd_models import StandInSD1Model, load_checkpoint
 from modules.sd_models_xl import StandInSDXLModel
@@ -28,12 +28,7 @@ from initno.webui.hosts.reforge import ReForge
 
 QUICK = {"method": "initno", "max_rounds": 1, "steps_per_round": 2, "fallback_steps": 0}
 ON = {"enabled": True, "subjects": "cat, dog", **QUICK}
-SIZE = {"width": 128, "height": 128}  # latent 16×16
 CALLS = calibration.PASSES // calibration.BATCH_SIZE  # the calibration's UNet calls: 32 noises, 4 a call
-
-
-def _params(processed, index=0):
-    return infotext_utils.parse_generation_parameters(processed.infotexts[index])
 
 
 class Spy:
@@ -94,7 +89,7 @@ def test_one_calibration_per_model_and_grid_kept_in_memory_and_in_its_file(webui
     assert made.samples == calibration.PASSES == 32 and made.quantile == core.QUANTILE
     again, again_calls = _unet_calls(webui, ON, seed=1, **SIZE)
     assert len(spy.made) == 1 and first_calls - again_calls == CALLS  # a cache hit runs no UNet pass
-    assert _params(again)["InitNO"] == _params(first)["InitNO"]
+    assert infotext_params(again)["InitNO"] == infotext_params(first)["InitNO"]
     # kept in its file: a restarted WebUI reads it and calibrates nothing
     stored = json.loads(calibrations.read_text())
     assert list(stored) == [made.key] and stored[made.key]["cross"] == made.cross
@@ -129,7 +124,7 @@ def test_forward_passes_only_and_its_thresholds_are_the_optimisations(webui, spy
     expected = ScriptArgs.from_named({**ON, "cross_threshold": 0.05}).params
     assert params == expected.replace(cross_threshold=made.cross, conflict_threshold=made.conflict)
     assert diagnostics == [(made.cross, made.conflict)]  # the diagnostic image draws the thresholds used
-    info = _params(processed)
+    info = infotext_params(processed)
     assert info["InitNO thresholds"] == "calibrated"
     assert info["InitNO calibration"] == f"cross {made.cross:.3f}, self {made.conflict:.3f} (q0.25 of 32 noises)"
     assert "InitNO cross threshold" not in info and "InitNO self threshold" not in info  # not used
@@ -143,7 +138,7 @@ def test_the_official_thresholds_are_the_settings_and_nothing_is_calibrated(webu
     (params,) = spy.optimised_with
     assert params == ScriptArgs.from_named(settings).params and params.cross_threshold == 0.25
     (result,) = spy.results
-    info = _params(processed)
+    info = infotext_params(processed)
     assert calls == result.steps + int(info["Steps"])  # the optimisation's passes and the sampling, nothing else
     assert (info["InitNO thresholds"], info["InitNO cross threshold"], info["InitNO self threshold"]) == (
         "official",
@@ -153,7 +148,7 @@ def test_the_official_thresholds_are_the_settings_and_nothing_is_calibrated(webu
     assert "InitNO calibration" not in info
     # Fast and Attend-and-Excite have no validity thresholds: nothing calibrated, nothing said
     fast = webui.txt2img({"enabled": True, "subjects": "cat, dog"}, **SIZE)
-    assert spy.made == [] and "InitNO thresholds" not in _params(fast)
+    assert spy.made == [] and "InitNO thresholds" not in infotext_params(fast)
 
 
 @pytest.fixture(params=["sd2-v", "sdxl"])
@@ -165,7 +160,7 @@ def family(request, monkeypatch):
 
 def test_sd2_v_and_sdxl_calibrate_on_their_own_conditioning(webui, family, spy):
     processed = webui.txt2img(ON, **SIZE)
-    assert _params(processed)["InitNO thresholds"] == "calibrated"
+    assert infotext_params(processed)["InitNO thresholds"] == "calibrated"
     (made,), (requests,) = spy.made, spy.requests
     name = "sdxl" if family.is_sdxl else "sd2"
     assert made.key.startswith(f"{name} | hash {family.sd_checkpoint_info.sha256} | latent 16x16 |")
@@ -263,7 +258,7 @@ def test_a_damaged_cache_file_is_ignored_and_replaced(webui, spy, calibrations):
     calibrations.write_text('{"sd1 | hash": {"cross": ')  # cut off mid-write by an older version, say
     processed = webui.txt2img(ON, **SIZE)
     (made,) = spy.made
-    assert _params(processed)["InitNO thresholds"] == "calibrated"
+    assert infotext_params(processed)["InitNO thresholds"] == "calibrated"
     assert json.loads(calibrations.read_text()) == {made.key: {**vars(made)}}
 
 
@@ -274,7 +269,7 @@ def test_an_unwritable_cache_file_keeps_the_calibration_for_the_session(webui, s
     first = webui.txt2img(ON, **SIZE)
     assert "the calibration could not be saved to" in capsys.readouterr().out
     second = webui.txt2img(ON, **SIZE)
-    assert len(spy.made) == 1 and _params(first)["InitNO"] == _params(second)["InitNO"]
+    assert len(spy.made) == 1 and infotext_params(first)["InitNO"] == infotext_params(second)["InitNO"]
 
 
 def test_interrupt_stops_the_calibration_and_keeps_nothing(webui, spy, calibrations, monkeypatch):
@@ -282,7 +277,9 @@ def test_interrupt_stops_the_calibration_and_keeps_nothing(webui, spy, calibrati
     processed = webui.txt2img(ON, batch_size=2, **SIZE)
     assert calls == [4, 4] and spy.optimised_with == []  # the second call found Interrupt pressed
     assert len(processed.images) == 2
-    assert [_params(processed, i)["InitNO"] for i in range(2)] == ["interrupted while calibrating the thresholds"] * 2
+    assert [infotext_params(processed, i)["InitNO"] for i in range(2)] == [
+        "interrupted while calibrating the thresholds"
+    ] * 2
     assert calibration.cache().entries == {} and not calibrations.exists()
     assert_no_hooks_left(webui.model)
 
@@ -301,7 +298,7 @@ def test_forge_2_calibrates_on_the_same_path_as_a1111(webui, spy, tmp_path, monk
     a1111_made, forge_made = spy.made
     assert forge_made.key == a1111_made.key
     assert (forge_made.cross, forge_made.conflict) == pytest.approx((a1111_made.cross, a1111_made.conflict), abs=1e-5)
-    assert _params(forge_run)["InitNO calibration"] == _params(a1111)["InitNO calibration"]
+    assert infotext_params(forge_run)["InitNO calibration"] == infotext_params(a1111)["InitNO calibration"]
     # calibrated on a model prepared by the host for its batches of 4, then optimised, then sampled
     assert events[before : before + 5] == [
         ("prepare", (4, 4, 16, 16)),

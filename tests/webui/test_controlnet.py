@@ -10,6 +10,7 @@ import contextlib
 
 import pytest
 import torch
+from conftest import SIZE, initno_status
 from controlnet_standin import POSITIVE_MARK_TOKEN, ControlNetScript, ControlNetUnit, StandInControlModel
 from modules import infotext_utils, shared
 from modules.sd_models_xl import StandInSDXLModel
@@ -25,7 +26,6 @@ QUICK = {
     "fallback_steps": 2,
     "thresholds": "official",
 }
-SIZE = {"width": 128, "height": 128}
 HINT = torch.linspace(0, 1, 3 * 128 * 128).reshape(1, 3, 128, 128)  # the unit's control image
 
 
@@ -40,10 +40,6 @@ def controlnet(webui):
     yield script
     webui.runner.scripts.remove(script)
     webui.runner.alwayson_scripts.remove(script)
-
-
-def _status(processed, index=0):
-    return infotext_utils.parse_generation_parameters(processed.infotexts[index])["InitNO"]
 
 
 def assert_nothing_of_initno_left(unet: torch.nn.Module) -> None:
@@ -70,9 +66,9 @@ def test_initno_runs_with_a_unit_enabled_and_reads_the_controlled_model(webui, c
     webui.txt2img(QUICK, prompt=prompts, batch_size=2, **SIZE)  # without ControlNet: the reference
     controlnet.units = [ControlNetUnit(weight=1.0, hint=HINT)]
     controlled = webui.txt2img(QUICK, prompt=prompts, batch_size=2, **SIZE)
-    (plain_requests, plain_results), (requests, results) = optimisations
+    (_, plain_requests, _, plain_results), (_, requests, _, results) = optimisations.calls
     for index in range(2):
-        assert _status(controlled, index).startswith(("valid", "not valid"))  # not skipped
+        assert initno_status(controlled, index).startswith(("valid", "not valid"))  # not skipped
         cond, plain_cond = requests[index].cond, plain_requests[index].cond
         assert cond.shape == (1, 78, 32) and plain_cond.shape == (1, 77, 32)
         assert torch.all(cond[0, 0] == POSITIVE_MARK_TOKEN)  # ControlNet's marker: a cond row
@@ -100,12 +96,12 @@ def test_a_zero_weight_unit_gives_exactly_the_result_without_controlnet(webui, c
     webui.txt2img(QUICK, **SIZE)
     controlnet.units = [ControlNetUnit(weight=0.0, hint=HINT)]
     webui.txt2img(QUICK, **SIZE)
-    (_, (plain,)), (_, (controlled,)) = optimisations
+    (*_, (plain,)), (*_, (controlled,)) = optimisations.calls
     assert controlled.trace == plain.trace
     assert torch.equal(controlled.latent, plain.latent)
     monkeypatch.setattr(passes, "gradients_through_blocks", lambda unet: contextlib.nullcontext())
     webui.txt2img(QUICK, **SIZE)
-    (_, (without_encoder_gradients,)) = optimisations[2]
+    (*_, (without_encoder_gradients,)) = optimisations.calls[2]
     assert without_encoder_gradients.trace[0] == plain.trace[0]  # the same first pass
     assert not torch.equal(without_encoder_gradients.latent, plain.latent)  # a different gradient
     assert_nothing_of_initno_left(webui.model.model.diffusion_model)
@@ -114,8 +110,8 @@ def test_a_zero_weight_unit_gives_exactly_the_result_without_controlnet(webui, c
 def test_and_parts_keep_one_marker_in_front(webui, controlnet, optimisations):
     controlnet.units = [ControlNetUnit(weight=1.0, hint=HINT)]
     processed = webui.txt2img(QUICK, prompt="a cat AND a dog", **SIZE)
-    ((request,), _) = optimisations[0]
-    assert _status(processed).startswith(("valid", "not valid"))
+    (_, (request,), _, _) = optimisations.calls[0]
+    assert initno_status(processed).startswith(("valid", "not valid"))
     assert request.cond.shape == (1, 1 + 2 * 77, 32)
     assert torch.all(request.cond[0, 0] == POSITIVE_MARK_TOKEN)
     assert request.subjects == [[2], [77 + 2]]
@@ -132,8 +128,8 @@ def test_sdxl_marks_the_crossattn_of_its_conditioning_dict(webui, controlnet, op
     controlnet.units = [ControlNetUnit(weight=1.0, hint=HINT)]
     with with_model(sdxl_model):
         processed = webui.txt2img({**QUICK, "max_rounds": 1}, **SIZE)
-    ((request,), _) = optimisations[0]
-    assert _status(processed).startswith(("valid", "not valid"))
+    (_, (request,), _, _) = optimisations.calls[0]
+    assert initno_status(processed).startswith(("valid", "not valid"))
     assert request.cond["crossattn"].shape == (1, 78, 2048)
     assert torch.all(request.cond["crossattn"][0, 0] == POSITIVE_MARK_TOKEN)
     assert request.cond["vector"].shape == (1, 2816)  # ControlNet leaves the pooled vector alone
@@ -155,7 +151,7 @@ def test_a_fault_in_initnos_pass_leaves_nothing_behind(webui, controlnet, monkey
     monkeypatch.setattr(StandInControlModel, "forward", failing_while_optimising)
     processed = webui.txt2img(QUICK, **SIZE)
     assert len(processed.images) == 1  # the image is still made, with ControlNet, without InitNO
-    assert _status(processed) == "skipped: internal error: RuntimeError: control model failed"
+    assert initno_status(processed) == "skipped: internal error: RuntimeError: control model failed"
     assert controlnet.networks[-1].moved_to_cpu == 1  # a real error does reach ControlNet's handler
     assert_nothing_of_initno_left(webui.model.model.diffusion_model)
 

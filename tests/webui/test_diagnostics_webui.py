@@ -6,12 +6,11 @@ import base64
 import io
 import json
 
-from conftest import QUICK_INITNO
+from conftest import QUICK_INITNO, SIZE
 from modules import images
 from PIL import Image
 
 QUICK = QUICK_INITNO
-SIZE = {"width": 128, "height": 128}
 
 
 def test_no_diagnostic_image_unless_asked(webui):

@@ -187,6 +187,8 @@ def test_settings_are_listed_under_the_stable_diffusion_category(webui):
     assert len(keys) == 19  # Memory, and the default of each setting but the switch and the subjects
     assert {shared.opts.data_labels[key].section for key in keys} == {("initno", "InitNO")}
     assert {shared.opts.category_label(key) for key in keys} == {"Stable Diffusion"}  # not "Uncategorized"
+    whole_steps = shared.opts.data_labels["initno_default_kl_max_steps"]  # an int without a slider
+    assert (whole_steps.component.__name__, whole_steps.component_args) == ("Number", {"precision": 0})
 
 
 def test_settings_page_defaults_reach_the_controls_and_the_api(webui):

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import QUICK_INITNO, assert_no_hooks_left
-from modules import devices, infotext_utils, prompt_parser, shared
+from conftest import QUICK_INITNO, assert_no_hooks_left, initno_status
+from modules import devices, prompt_parser, shared
 from modules.sd_models import StandInSD1Model
 from modules.sd_models_xl import StandInSDXLModel
 
@@ -70,17 +70,13 @@ def sdxl(webui, sdxl_model):
     shared.sd_model = previous
 
 
-def _status(processed, index=0):
-    return infotext_utils.parse_generation_parameters(processed.infotexts[index])["InitNO"]
-
-
 @pytest.mark.parametrize(("size", "grid"), [((128, 128), (4, 4)), ((200, 136), (5, 7))])
 def test_sdxl_runs_on_its_deepest_level_with_the_hosts_conditioning_dict(webui, sdxl, calls, size, grid):
     """200×136 is a multiple of 8, not of 64: latent 25×17, read at 7×5 (the host resizes the skips)."""
     width, height = size
     processed = webui.txt2img(QUICK, prompt="a cat and a dog", width=width, height=height)
     (denoiser, (request,), (result,)) = calls[0]
-    assert _status(processed).startswith(("valid", "not valid"))
+    assert initno_status(processed).startswith(("valid", "not valid"))
     assert result.maps_after.cross.shape == (2, *grid)
     assert set(request.cond) == {"crossattn", "vector"}
     assert request.cond["crossattn"].shape == (1, 77, 2048)  # CLIP-L 768 + OpenCLIP-G 1280, shared positions
@@ -142,7 +138,7 @@ def test_sdxl_refiner_is_refused_and_the_image_still_made(webui, calls):
         refiner, shared.sd_model = shared.sd_model, previous
     assert calls == []
     assert len(processed.images) == 1
-    assert _status(processed).startswith("skipped: SDXL refiner checkpoints are not supported")
+    assert initno_status(processed).startswith("skipped: SDXL refiner checkpoints are not supported")
     assert_no_hooks_left(refiner)
 
 
@@ -169,12 +165,12 @@ def test_out_of_memory_retries_once_with_checkpointing_when_automatic(webui, sdx
     monkeypatch.setattr(job_module, "optimize_noise", short_of_memory)
     processed = webui.txt2img(QUICK, prompt="a cat and a dog", width=128, height=128)
     assert tried == [False, True]
-    assert _status(processed).startswith(("valid", "not valid"))
+    assert initno_status(processed).startswith(("valid", "not valid"))
     shared.opts.initno_checkpointing = "Off"  # chosen by the user: no retry, skipped with the message
     try:
         processed = webui.txt2img(QUICK, prompt="a cat and a dog", width=128, height=128)
     finally:
         shared.opts.initno_checkpointing = "Automatic"
     assert tried == [False, True, False]
-    assert _status(processed).startswith("skipped: out of memory")
+    assert initno_status(processed).startswith("skipped: out of memory")
     assert_no_hooks_left(sdxl)

@@ -13,31 +13,15 @@ import pytest
 import torch
 from backend.diffusion_engine.sd15 import StableDiffusion
 from backend.diffusion_engine.sdxl import StableDiffusionXL
-from conftest import interrupt_after
-from modules import infotext_utils, shared
+from conftest import SIZE, OptimiseSpy, infotext_params, interrupt_after, pixels
+from modules import shared
 from modules.sd_models_xl import StandInSDXLModel
 
-from initno import optimize as optimize_module
 from initno.tiny import TINY_UNET
-from initno.webui import job as job_module
 from initno.webui.hosts import forge
 
 QUICK = {"method": "initno", "max_rounds": 2, "steps_per_round": 2, "fallback_steps": 1, "thresholds": "official"}
 ON = {"enabled": True, "subjects": "cat, dog", **QUICK}
-SIZE = {"width": 128, "height": 128}
-
-
-class OptimiseSpy:
-    def __init__(self, monkeypatch):
-        self.results = []
-        real = optimize_module.optimize_noise
-
-        def spy(*args, **kwargs):
-            results = real(*args, **kwargs)
-            self.results.extend(results)
-            return results
-
-        monkeypatch.setattr(job_module, "optimize_noise", spy)
 
 
 @pytest.fixture
@@ -46,14 +30,6 @@ def forge2(webui, monkeypatch):
     model = StableDiffusion(webui.model)
     monkeypatch.setattr(shared, "sd_model", model)
     return model
-
-
-def _params(processed, index=0):
-    return infotext_utils.parse_generation_parameters(processed.infotexts[index])
-
-
-def _pixels(processed):
-    return [np.asarray(image).astype(int) for image in processed.images]
 
 
 def _unet(model):
@@ -99,10 +75,10 @@ def test_initno_on_forge_2_equals_initno_on_a1111(webui, forge2, monkeypatch):
     assert torch.allclose(a1111_result.latent, forge_result.latent, atol=1e-5)
     assert a1111_result.final.joint == pytest.approx(forge_result.final.joint, abs=1e-5)
     for key in ("InitNO", "InitNO tokens", "InitNO scores"):
-        assert _params(forge_run)[key] == _params(a1111)[key]
-    assert np.abs(_pixels(forge_run)[0] - _pixels(a1111)[0]).max() <= 1  # sampled from the optimised noise
+        assert infotext_params(forge_run)[key] == infotext_params(a1111)[key]
+    assert np.abs(pixels(forge_run)[0] - pixels(a1111)[0]).max() <= 1  # sampled from the optimised noise
     plain = webui.txt2img(seed=3, **SIZE)
-    assert np.abs(_pixels(plain)[0] - _pixels(forge_run)[0]).max() > 10
+    assert np.abs(pixels(plain)[0] - pixels(forge_run)[0]).max() > 10
     # InitNO prepared the model the host's way first; the sampler prepared it again for sampling.
     events = [e[0] for e in forge2.forge_objects.unet.events]
     assert events[:3] == ["prepare", "cleanup", "prepare"] and events[3] == "sample"
@@ -117,10 +93,10 @@ def test_sampling_guidance_on_forge_2_equals_a1111(webui, forge2, method):
     shared.sd_model = forge2
     parameters = list(_unet(forge2).parameters())
     forge_run = webui.txt2img(settings, seed=4, steps=4, sampler_name="Euler", **SIZE)
-    guidance = _params(forge_run)["InitNO guidance"]
+    guidance = infotext_params(forge_run)["InitNO guidance"]
     assert guidance.startswith(("InitNO+, 2 steps", "Attend-and-Excite, 2 steps")), guidance
-    assert guidance == _params(a1111)["InitNO guidance"]
-    assert np.abs(_pixels(forge_run)[0] - _pixels(a1111)[0]).max() <= 1
+    assert guidance == infotext_params(a1111)["InitNO guidance"]
+    assert np.abs(pixels(forge_run)[0] - pixels(a1111)[0]).max() <= 1
     assert_model_as_loaded(forge2, parameters)
 
 
@@ -167,7 +143,7 @@ def test_attention_patches_are_left_out_of_initnos_passes(webui, forge2, monkeyp
         processed = webui.txt2img({**ON, "max_rounds": 1, "steps_per_round": 1, "fallback_steps": 0}, **SIZE)
     finally:
         handle.remove()
-    assert _params(processed)["InitNO"].startswith(("valid", "not valid"))
+    assert infotext_params(processed)["InitNO"].startswith(("valid", "not valid"))
     initno_options = [options for options in seen if "cond_or_uncond" in options]  # sampling's lack it here
     assert len(initno_options) == 1 and len(seen) == 1 + 4  # one InitNO pass, four sampling steps
     for options in initno_options:
@@ -211,7 +187,7 @@ def test_what_forge_2_cannot_do_is_refused_with_a_message(webui, forge2, monkeyp
     parameters = list(unet.parameters())
     processed = webui.txt2img(ON, **SIZE)
     assert len(processed.images) == 1
-    status = _params(processed)["InitNO"]
+    status = infotext_params(processed)["InitNO"]
     assert status.startswith("skipped: ") and message in status, status
     assert [id(p) for p in unet.parameters()] == [id(p) for p in parameters]
 
@@ -243,10 +219,10 @@ def test_sdxl_on_forge_2_equals_sdxl_on_a1111(webui, monkeypatch):
         monkeypatch.setattr(shared, "sd_model", model)
         runs.append(webui.txt2img({**ON, "max_rounds": 1}, seed=6, **SIZE))
     a1111, forge_run = runs
-    assert _params(forge_run)["InitNO tokens"] == _params(a1111)["InitNO tokens"] == "cat 2; dog 5"
-    assert _params(forge_run)["InitNO scores"] == _params(a1111)["InitNO scores"]
+    assert infotext_params(forge_run)["InitNO tokens"] == infotext_params(a1111)["InitNO tokens"] == "cat 2; dog 5"
+    assert infotext_params(forge_run)["InitNO scores"] == infotext_params(a1111)["InitNO scores"]
     assert torch.allclose(spy.results[0].latent, spy.results[1].latent, atol=1e-5)
-    assert np.abs(_pixels(forge_run)[0] - _pixels(a1111)[0]).max() <= 1
+    assert np.abs(pixels(forge_run)[0] - pixels(a1111)[0]).max() <= 1
 
 
 def test_interrupt_on_forge_2_stops_within_one_step_and_restores_the_model(webui, forge2, monkeypatch):
@@ -254,7 +230,7 @@ def test_interrupt_on_forge_2_stops_within_one_step_and_restores_the_model(webui
     parameters = list(_unet(forge2).parameters())
     processed = webui.txt2img({**ON, "max_rounds": 5, "steps_per_round": 10}, **SIZE)
     assert len(passes) == 2
-    assert _params(processed)["InitNO"] == "interrupted after 2 steps"
+    assert infotext_params(processed)["InitNO"] == "interrupted after 2 steps"
     assert_model_as_loaded(forge2, parameters)
 
 
@@ -268,6 +244,6 @@ def test_each_guidance_pass_tells_the_patches_its_own_sigma(webui, forge2):
         processed = webui.txt2img({**ON, "method": "ae", "max_refinement": 1}, steps=4, sampler_name="Euler", **SIZE)
     finally:
         handle.remove()
-    assert _params(processed)["InitNO guidance"].startswith("Attend-and-Excite, 2 steps")
+    assert infotext_params(processed)["InitNO guidance"].startswith("Attend-and-Excite, 2 steps")
     sigmas = sorted({round(o["sigmas"].item(), 3) for o in seen if "cond_or_uncond" in o}, reverse=True)
     assert len(sigmas) == 2 and sigmas[0] == pytest.approx(14.6, abs=0.1)  # the two guided steps' sigmas

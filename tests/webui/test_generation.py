@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import assert_no_hooks_left, interrupt_after
+from conftest import SIZE, OptimiseSpy, assert_no_hooks_left, infotext_params, interrupt_after, pixels
 from modules import devices, infotext_utils, processing, sd_unet, shared
 from modules.sd_hijack import Embedding, model_hijack
 
@@ -18,33 +18,6 @@ from initno.webui import job as job_module
 
 QUICK = {"method": "initno", "max_rounds": 2, "steps_per_round": 2, "fallback_steps": 2, "thresholds": "official"}
 ON = {"enabled": True, "subjects": "cat, dog", **QUICK}
-SIZE = {"width": 128, "height": 128}  # latent 16×16: InitNO reads the 4×4 grid
-
-
-class OptimiseSpy:
-    """Records every optimize_noise call (its requests and results) while delegating to the real one."""
-
-    def __init__(self, monkeypatch):
-        self.calls = []
-        self.real = optimize_module.optimize_noise
-        monkeypatch.setattr(job_module, "optimize_noise", self)
-
-    def __call__(self, denoiser, requests, params, **kwargs):
-        results = self.real(denoiser, requests, params, **kwargs)
-        self.calls.append((denoiser, requests, params, results))
-        return results
-
-    @property
-    def latents(self):
-        return [r.latent for *_, results in self.calls for r in results]
-
-
-def _pixels(processed):
-    return [np.asarray(image) for image in processed.images]
-
-
-def _params(processed, index=0):
-    return infotext_utils.parse_generation_parameters(processed.infotexts[index])
 
 
 def test_off_by_default_and_the_image_is_unchanged(webui, monkeypatch):
@@ -63,8 +36,8 @@ def test_accordion_run_replaces_the_noise_and_explains_itself(webui, monkeypatch
     assert [r.subjects for r in requests] == [[[2], [5]]]
     assert denoiser.timestep == pytest.approx(999.0, abs=1e-3)  # Euler's first sigma is sigma_max
     assert not torch.equal(results[0].latent, requests[0].noise)
-    assert not np.array_equal(_pixels(plain)[0], _pixels(optimised)[0])
-    info = _params(optimised)
+    assert not np.array_equal(pixels(plain)[0], pixels(optimised)[0])
+    info = infotext_params(optimised)
     assert info["InitNO"].startswith(("valid", "not valid"))
     assert info["InitNO tokens"] == "cat 2; dog 5"
     assert info["InitNO scores"].startswith("cross ")
@@ -79,8 +52,17 @@ def test_script_dropdown_uses_the_accordion_settings(webui, monkeypatch):
     assert requests[0].subjects == [[5]]
     assert (params.max_rounds, params.steps_per_round, params.fallback_steps) == (2, 2, 2)
     assert not torch.equal(results[0].latent, requests[0].noise)  # the noise was replaced
-    assert _params(processed)["InitNO tokens"] == "dog 5"
-    assert _params(processed)["InitNO max rounds"] == "2"
+    assert infotext_params(processed)["InitNO tokens"] == "dog 5"
+    assert infotext_params(processed)["InitNO max rounds"] == "2"
+
+
+def test_script_dropdown_with_a_bad_accordion_value_makes_the_image_without_initno(webui, monkeypatch):
+    spy = OptimiseSpy(monkeypatch)
+    processed = webui.txt2img({"subjects": "cat", "refinement_schedule": "abc"}, dropdown=True, **SIZE)
+    assert spy.calls == []
+    assert len(processed.images) == 1
+    assert infotext_params(processed)["InitNO"].startswith("skipped: argument 'refinement_schedule': cannot read 'abc'")
+    assert_no_hooks_left(webui.model)
 
 
 def test_first_timestep_of_a_timestep_sampler(webui, monkeypatch):
@@ -161,16 +143,16 @@ def test_batches_are_reproducible_per_seed_and_equal_to_single_runs(webui, monke
     again = webui.txt2img(ON, seed=10, batch_size=2, n_iter=2, **SIZE)
     singles = [webui.txt2img(ON, seed=10 + i, **SIZE) for i in range(4)]
     assert [s.all_seeds for s in singles] == [[10], [11], [12], [13]]
-    for a, b in zip(_pixels(grid), _pixels(again)):
+    for a, b in zip(pixels(grid), pixels(again)):
         assert np.array_equal(a, b)
     # InitNO's part is bit-identical: each image's optimised noise equals its single run's.
     batch_latents, single_latents = spy.latents[:4], spy.latents[8:]
     for a, b in zip(batch_latents, single_latents):
         assert torch.equal(a, b)
     # The host then samples the batch in one UNet call, which rounds differently from single calls.
-    for a, single in zip(_pixels(grid), singles):
-        assert np.abs(a.astype(int) - _pixels(single)[0].astype(int)).max() <= 2
-    assert [_params(grid, i)["Seed"] for i in range(4)] == ["10", "11", "12", "13"]
+    for a, single in zip(pixels(grid), singles):
+        assert np.abs(a.astype(int) - pixels(single)[0].astype(int)).max() <= 2
+    assert [infotext_params(grid, i)["Seed"] for i in range(4)] == ["10", "11", "12", "13"]
 
 
 def test_ancestral_noise_after_the_first_step_is_unchanged(webui, noise_draws):
@@ -188,7 +170,7 @@ def test_interrupt_stops_within_one_step(webui, monkeypatch):
     processed = webui.txt2img({**ON, "max_rounds": 5, "steps_per_round": 10}, **SIZE)
     assert len(passes) == 3
     assert len(processed.images) == 1  # as without InitNO: the interrupted sampler returns its latent
-    assert _params(processed)["InitNO"] == "interrupted after 3 steps"
+    assert infotext_params(processed)["InitNO"] == "interrupted after 3 steps"
     assert json.loads(processed.js())["extra_generation_params"]["InitNO"] == ["interrupted after 3 steps"]
     assert_no_hooks_left(webui.model)
 
@@ -272,7 +254,7 @@ def test_xyz_axes_apply_to_their_cell(webui, monkeypatch):
 
 def test_subjects_chosen_automatically_are_reported(webui):
     processed = webui.txt2img({"enabled": True, **QUICK}, prompt="a photo of a cat and a red apple", **SIZE)
-    assert _params(processed)["InitNO tokens"] == "cat 5; apple 9 (auto)"
+    assert infotext_params(processed)["InitNO tokens"] == "cat 5; apple 9 (auto)"
 
 
 def test_long_prompts_and_and_parts_use_the_hosts_positions(webui, monkeypatch):
@@ -297,7 +279,7 @@ def test_textual_inversion_embedding_as_a_subject(webui, monkeypatch):
         model_hijack.embedding_db.word_embeddings.clear()
         model_hijack.embedding_db.ids_lookup.clear()
     assert spy.calls[0][1][0].subjects == [[2, 3, 4], [7]]
-    assert _params(processed)["InitNO tokens"] == "mycat 2 3 4; dog 7"
+    assert infotext_params(processed)["InitNO tokens"] == "mycat 2 3 4; dog 7"
 
 
 def test_hypernetworks_reach_the_captured_layers(webui):
@@ -326,7 +308,7 @@ def test_reduced_precision_host(webui, monkeypatch):
     finally:
         handle.remove()
     ((_denoiser, requests, _params_used, (result,)),) = spy.calls
-    assert _params(processed)["InitNO"].startswith("not valid, 2 rounds + fallback")  # every pass ran
+    assert infotext_params(processed)["InitNO"].startswith("not valid, 2 rounds + fallback")  # every pass ran
     assert torch.isfinite(result.latent).all()
     assert not torch.equal(result.latent, requests[0].noise)
     assert all(np.isfinite([r.scores.joint for r in result.trace]))
@@ -377,7 +359,7 @@ def test_faults_skip_initno_with_a_clear_message(webui, monkeypatch, fault, mess
         monkeypatch.setattr(webui.model, "apply_model", nan_while_optimising)
     processed = webui.txt2img(settings, prompt=prompt, **SIZE)
     assert len(processed.images) == 1  # the image is still made, without InitNO
-    status = _params(processed)["InitNO"]
+    status = infotext_params(processed)["InitNO"]
     assert status.startswith("skipped: ") and message in status
     assert message in processed.comments
     assert_no_hooks_left(webui.model)
@@ -399,8 +381,8 @@ def test_one_bad_prompt_in_a_batch_skips_only_that_image(webui, monkeypatch):
     spy = OptimiseSpy(monkeypatch)
     processed = webui.txt2img({**ON, "subjects": "dog"}, prompt=["a cat and a dog", "a cat"], batch_size=2, **SIZE)
     assert len(spy.calls[0][1]) == 1
-    assert _params(processed, 0)["InitNO"].startswith(("valid", "not valid"))
-    assert _params(processed, 1)["InitNO"].startswith("skipped: subject 'dog' is not in the prompt")
+    assert infotext_params(processed, 0)["InitNO"].startswith(("valid", "not valid"))
+    assert infotext_params(processed, 1)["InitNO"].startswith("skipped: subject 'dog' is not in the prompt")
 
 
 def test_memory_is_freed_after_the_optimisation(webui, monkeypatch):

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import assert_no_hooks_left
+from conftest import SIZE, assert_no_hooks_left, infotext_params, pixels
 from modules import infotext_utils, sd_samplers, shared
 
 from initno.guidance import GuidanceSettings, ImageGuidance
@@ -20,19 +20,10 @@ from initno.webui import job as job_module
 from initno.webui import progress as progress_module
 from initno.webui import sampler_hook
 
-SIZE = {"width": 128, "height": 128}  # latent 16×16: the 4×4 grid is read
 QUICK_NOISE = {"method": "initno", "max_rounds": 1, "steps_per_round": 2, "fallback_steps": 0, "thresholds": "official"}
 AE = {"enabled": True, "subjects": "cat, dog", "method": "ae", "max_refinement": 2}
 PLUS = {**AE, **QUICK_NOISE, "method": "initno+"}
 STEPS = 4  # guided: steps 0 and 1 (half of 4); refinement at round(10·4/50) = 1 (and 0 for Attend-and-Excite)
-
-
-def _params(processed, index=0):
-    return infotext_utils.parse_generation_parameters(processed.infotexts[index])
-
-
-def _pixels(processed):
-    return [np.asarray(image) for image in processed.images]
 
 
 class Samplers:
@@ -111,7 +102,7 @@ def test_each_method_guides_the_sampler_and_leaves_nothing_behind(webui, sampler
         {**settings, "method": "initno"} if method == "initno+" else {}, sampler_name=sampler, steps=STEPS, **SIZE
     )
     processed = webui.txt2img(settings, sampler_name=sampler, steps=STEPS, **SIZE)
-    info = _params(processed)
+    info = infotext_params(processed)
     name = method_of(method).name
     assert info["InitNO method"] == method
     assert info["InitNO guidance"].startswith(f"{name}, 2 steps, ")
@@ -124,7 +115,7 @@ def test_each_method_guides_the_sampler_and_leaves_nothing_behind(webui, sampler
     assert guided.steps == [0, 1]
     for _step, _x, before, after, *_ in guided.records:
         assert not torch.equal(before, after)  # the latent moved
-    assert not np.array_equal(_pixels(unguided)[0], _pixels(processed)[0])
+    assert not np.array_equal(pixels(unguided)[0], pixels(processed)[0])
     samplers.assert_overrides_removed()
     assert_no_hooks_left(webui.model)
     assert shared.state.textinfo is None
@@ -133,7 +124,7 @@ def test_each_method_guides_the_sampler_and_leaves_nothing_behind(webui, sampler
 def test_attend_and_excite_runs_no_noise_optimisation(webui, monkeypatch):
     monkeypatch.setattr(job_module, "optimize_noise", lambda *a, **k: pytest.fail("no noise optimisation"))
     processed = webui.txt2img(AE, steps=STEPS, **SIZE)
-    assert _params(processed)["InitNO guidance"].startswith("Attend-and-Excite, 2 steps")
+    assert infotext_params(processed)["InitNO guidance"].startswith("Attend-and-Excite, 2 steps")
 
 
 # -- the update on a recorded state ---------------------------------------------------------------------------
@@ -200,13 +191,13 @@ def test_guidance_stops_after_the_guided_fraction(webui, guided, fraction, steps
         {**AE, "refinement_schedule": "none", "guided_fraction": fraction}, sampler_name="Euler", steps=STEPS, **SIZE
     )
     assert guided.steps == steps
-    assert _params(processed)["InitNO guidance"].startswith(f"Attend-and-Excite, {len(steps)} step")
+    assert infotext_params(processed)["InitNO guidance"].startswith(f"Attend-and-Excite, {len(steps)} step")
 
 
 def test_no_guided_step_at_all(webui, guided):
     processed = webui.txt2img({**AE, "guided_fraction": 0.0}, steps=STEPS, **SIZE)
     assert guided.steps == []
-    assert _params(processed)["InitNO guidance"] == "Attend-and-Excite, no step guided"
+    assert infotext_params(processed)["InitNO guidance"] == "Attend-and-Excite, no step guided"
 
 
 def test_refinement_through_the_api_stops_at_its_threshold_or_its_bound(webui):
@@ -240,7 +231,7 @@ def test_refinement_iterations_are_bounded_by_the_plan(webui, guided):
     (hook,) = {record[5] for record in guided.records}
     (guide,) = hook.guides
     assert guide.trace.passes == guide.plan.max_passes == 2 + 2 * 2  # 2 steps + 2 refinements of 2
-    assert "refined 2× (4 updates), 6 passes" in _params(processed)["InitNO guidance"]
+    assert "refined 2× (4 updates), 6 passes" in infotext_params(processed)["InitNO guidance"]
 
 
 # -- interrupt, skip, faults --------------------------------------------------------------------------------------
@@ -267,7 +258,7 @@ def test_interrupt_during_guidance_stops_within_one_pass(webui, monkeypatch, sam
     assert len(processed.images) == 1  # as the host does: the interrupted sampler returns its last latent
     (sampler,) = samplers.created
     assert len(sampler.calls) == 1  # the first model call raised InterruptedException after the guidance
-    assert _params(processed)["InitNO guidance"] == "Attend-and-Excite, no step guided (interrupted)"
+    assert infotext_params(processed)["InitNO guidance"] == "Attend-and-Excite, no step guided (interrupted)"
     samplers.assert_overrides_removed()
     assert_no_hooks_left(webui.model)
     assert shared.state.textinfo is None
@@ -278,9 +269,9 @@ def test_skip_during_guidance_skips_that_batch_only(webui, monkeypatch, samplers
     processed = webui.txt2img({**AE, "refinement_schedule": "none"}, n_iter=2, steps=STEPS, **SIZE)
     assert len(processed.images) == 2
     # step 0 was guided, then the host stopped the batch at its first model call
-    first = _params(processed, 0)["InitNO guidance"]
+    first = infotext_params(processed, 0)["InitNO guidance"]
     assert first.startswith("Attend-and-Excite, 1 step, 1 pass, ") and first.endswith(" (interrupted)")
-    assert _params(processed, 1)["InitNO guidance"].startswith("Attend-and-Excite, 2 steps")
+    assert infotext_params(processed, 1)["InitNO guidance"].startswith("Attend-and-Excite, 2 steps")
     samplers.assert_overrides_removed()
     assert_no_hooks_left(webui.model)
 
@@ -304,7 +295,7 @@ def test_a_fault_during_guidance_leaves_the_image_generated_and_says_why(webui, 
     monkeypatch.setattr(ImageGuidance, "_guide", failing)
     processed = webui.txt2img({**PLUS, "refinement_schedule": "none"}, steps=STEPS, **SIZE)
     assert len(processed.images) == 1
-    info = _params(processed)
+    info = infotext_params(processed)
     assert info["InitNO"].startswith(("valid", "not valid"))  # the noise step is unaffected
     assert info["InitNO guidance"].startswith("InitNO+, 1 step, 1 pass, cross ")
     assert "; then stopped: " in info["InitNO guidance"] and message in info["InitNO guidance"]
@@ -319,7 +310,7 @@ def test_a_refused_sampler_generates_unguided_and_says_why(webui, monkeypatch, g
     monkeypatch.setitem(sd_samplers.all_samplers_map, "UniPC", unipc)
     processed = webui.txt2img(PLUS, sampler_name="UniPC", steps=STEPS, **SIZE)
     assert guided.steps == []
-    info = _params(processed)
+    info = infotext_params(processed)
     assert info["InitNO"].startswith(("valid", "not valid"))  # InitNO+'s noise step still ran
     assert info["InitNO guidance"] == (
         "skipped: sampling guidance does not support the UniPC sampler: its model calls after the first see "
@@ -331,7 +322,7 @@ def test_a_refused_sampler_generates_unguided_and_says_why(webui, monkeypatch, g
 def test_an_unsupported_model_skips_noise_and_guidance(webui, monkeypatch, samplers):
     monkeypatch.setattr(type(webui.model), "is_sd3", True)
     processed = webui.txt2img(PLUS, steps=STEPS, **SIZE)
-    info = _params(processed)
+    info = infotext_params(processed)
     assert info["InitNO"].startswith("skipped: SD3 models have no UNet")
     assert info["InitNO guidance"].startswith("skipped: SD3 models have no UNet")
     samplers.assert_overrides_removed()
@@ -357,7 +348,7 @@ def test_a_checkpoint_switch_during_the_guided_steps_stops_the_guidance(webui, m
         processed = webui.txt2img({**AE, "refinement_schedule": "none"}, steps=STEPS, **SIZE)
     finally:
         shared.sd_model = webui.model
-    guidance = _params(processed)["InitNO guidance"]
+    guidance = infotext_params(processed)["InitNO guidance"]
     assert guidance.startswith("Attend-and-Excite, 1 step, 1 pass, ")
     assert guidance.endswith("; then stopped: the Refiner switched to another checkpoint during the guided steps")
 
@@ -374,7 +365,7 @@ def test_ancestral_noise_is_unchanged_only_the_state_moves(webui, noise_draws, g
     for a, b in zip(plain_draws, noise_draws):
         assert torch.equal(a, b)
     assert guided.steps == [0, 1]
-    assert not np.array_equal(_pixels(plain)[0], _pixels(steered)[0])
+    assert not np.array_equal(pixels(plain)[0], pixels(steered)[0])
 
 
 def test_batches_guide_each_image_as_its_seed_alone(webui, guided):
@@ -394,10 +385,10 @@ def test_batches_guide_each_image_as_its_seed_alone(webui, guided):
         assert batch_hook.guides[i].trace.steps[0].before == single_hooks[i].guides[0].trace.steps[0].before
     # later the host samples the batch in one UNet call, which rounds differently from single calls
     for i, single in enumerate(singles):
-        assert _params(batch, i)["Seed"] == str(10 + i)
-        assert np.abs(_pixels(batch)[i].astype(int) - _pixels(single)[0].astype(int)).max() <= 2
+        assert infotext_params(batch, i)["Seed"] == str(10 + i)
+        assert np.abs(pixels(batch)[i].astype(int) - pixels(single)[0].astype(int)).max() <= 2
     again = webui.txt2img(settings, seed=10, batch_size=2, steps=STEPS, **SIZE)
-    assert all(np.array_equal(a, b) for a, b in zip(_pixels(batch), _pixels(again)))
+    assert all(np.array_equal(a, b) for a, b in zip(pixels(batch), pixels(again)))
 
 
 def test_hires_second_pass_is_not_guided(webui, samplers, guided):
@@ -459,7 +450,7 @@ def test_the_method_is_an_xyz_axis(webui, monkeypatch, guided):
     p.scripts = webui.runner
     p.script_args = tuple(webui.ui_args({"enabled": True, "subjects": "cat, dog", "refinement_schedule": "none"}))
     cell = xyz.make_cell(p, [(method, "ae", ["initno", "ae"])])
-    assert _params(cell)["InitNO method"] == "ae" and guided.steps == [0, 1]
+    assert infotext_params(cell)["InitNO method"] == "ae" and guided.steps == [0, 1]
     with pytest.raises(ValueError, match="'method' must be one of"):
         method.confirm(p, ["initno", "sd"])
 
@@ -481,3 +472,20 @@ def test_the_ui_shows_the_settings_of_the_chosen_method():
     assert [update["visible"] for update in ui.settings_shown("initno")] == [False, True, False]
     assert [u["visible"] for u in ui.settings_shown("Noise + sampling guidance (InitNO+)")] == [False, True, True]
     assert [update["visible"] for update in ui.settings_shown("ae")] == [False, False, True]
+
+
+def test_a_failed_install_leaves_the_sampler_as_it_found_it():
+    class CfgDenoiser:
+        def forward(self, x, sigma):
+            return x
+
+    class Sampler:  # no `callback_state`: the second override fails after the first was made
+        model_wrap_cfg = CfgDenoiser()
+
+    sampler = Sampler()
+    finished = []
+    hook = sampler_hook.SamplerGuidance(sampler, [None], on_fault=pytest.fail, on_finished=lambda: finished.append(1))
+    with pytest.raises(AttributeError, match="callback_state"):
+        hook.install()
+    assert "forward" not in vars(sampler.model_wrap_cfg) and "callback_state" not in vars(sampler)
+    assert finished == [1]

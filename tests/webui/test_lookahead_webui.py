@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from backend.diffusion_engine.sd15 import StableDiffusion
-from conftest import assert_no_hooks_left, interrupt_on_call
+from conftest import SIZE, assert_no_hooks_left, infotext_params, interrupt_on_call
 from modules import devices, infotext_utils, processing, rng, sd_samplers, shared
 from modules.sd_models import StandInSD1Model
 from modules.sd_models_xl import StandInSDXLModel
@@ -24,13 +24,8 @@ from initno.webui.hosts import host_of
 from initno.webui.hosts.reforge import ReForge
 
 ON = {"enabled": True, "subjects": "cat, dog"}  # the default method: lookahead
-SIZE = {"width": 128, "height": 128}
 DEFAULTS = LookaheadParams()  # 4 noises, 2 steps ahead
 AHEAD = {**ON, "lookahead_candidates": 4, "lookahead_steps": 2}  # the default, explicit where steps ahead are tested
-
-
-def _params(processed, index=0):
-    return infotext_utils.parse_generation_parameters(processed.infotexts[index])
 
 
 class Spy:
@@ -96,7 +91,7 @@ def test_the_glues_ddim_follows_the_hosts_ddim_sampler(webui, family, spy, monke
     webui.txt2img(**settings)  # InitNO off: the host's DDIM from the seed's noise
     host_states = list(states)
     processed = webui.txt2img(AHEAD, **settings)
-    assert _params(processed)["InitNO"].startswith("chose noise ")
+    assert infotext_params(processed)["InitNO"].startswith("chose noise ")
     ((host_advance, latents, conds, steps, ahead, t),) = advanced
     assert steps == 2 and t == 251  # DDIM at 4 steps: 751, 501, 251, 1
     assert host_advance.prediction == ("v" if family.parameterization == "v" else "eps")
@@ -134,7 +129,7 @@ def test_the_chosen_candidate_is_the_samplers_noise_and_the_infotext_says_so(web
     assert torch.equal(result.latent, candidates[result.chosen])
     assert torch.equal(spy.sampler_noise[0][0], candidates[result.chosen])  # the sampler starts from it
     assert result.passes == DEFAULTS.passes == 20
-    info = _params(processed)
+    info = infotext_params(processed)
     own = " (the seed's own)" if result.chosen == 0 else ""
     assert info["InitNO"] == f"chose noise {result.chosen + 1} of 4{own}, 20 passes"
     assert (info["InitNO method"], info["InitNO candidates"], info["InitNO lookahead steps"]) == ("lookahead", "4", "2")
@@ -236,7 +231,7 @@ def test_xyz_axes_for_the_method_and_its_settings(webui, spy):
     )
     ((_request, result, params, _uncond),) = spy.selections
     assert params == LookaheadParams(candidates=3, steps=1) and len(result.candidates) == 3
-    assert _params(cell)["InitNO candidates"] == "3"
+    assert infotext_params(cell)["InitNO candidates"] == "3"
     with pytest.raises(ValueError, match="'lookahead_candidates' must be between 2 and 16"):
         options["[InitNO] Noises to choose from"].confirm(p, [3, 17])
 
@@ -245,7 +240,7 @@ def test_interrupt_stops_within_one_unet_call(webui, monkeypatch):
     calls = interrupt_on_call(monkeypatch, lookahead, 3)
     processed = webui.txt2img(AHEAD, batch_size=2, **SIZE)
     assert calls == [4, 4, 4]  # the third call found Interrupt pressed and ran no pass
-    statuses = [_params(processed, i)["InitNO"] for i in range(2)]
+    statuses = [infotext_params(processed, i)["InitNO"] for i in range(2)]
     assert statuses == ["interrupted after 8 passes", "interrupted after 0 passes"]
     assert_no_hooks_left(webui.model)
 
@@ -272,7 +267,7 @@ def test_faults_skip_with_a_message_and_the_image_is_made(webui, monkeypatch, fa
         monkeypatch.setattr(webui.model, "parameterization", "x0", raising=False)
     processed = webui.txt2img(AHEAD, **settings, **SIZE)
     assert len(processed.images) == 1
-    assert _params(processed)["InitNO"].startswith(f"skipped: {message}")
+    assert infotext_params(processed)["InitNO"].startswith(f"skipped: {message}")
     assert_no_hooks_left(webui.model)
 
 
@@ -291,7 +286,7 @@ def test_zero_steps_ahead_costs_a_pass_a_noise_and_serves_a_one_step_generation(
     processed = webui.txt2img({**ON, "lookahead_steps": 0}, steps=1, **SIZE)
     ((_request, result, params, _uncond),) = spy.selections
     assert params.steps == 0 and result.passes == 4
-    assert re.fullmatch(r"chose noise [1-4] of 4( \(the seed's own\))?, 4 passes", _params(processed)["InitNO"])
+    assert re.fullmatch(r"chose noise [1-4] of 4( \(the seed's own\))?, 4 passes", infotext_params(processed)["InitNO"])
     assert torch.equal(spy.sampler_noise[0][0], candidate_noises(_request.noise, _request.seed, 4)[result.chosen])
 
 
@@ -307,7 +302,7 @@ def test_lookahead_on_forge_2_equals_a1111(webui, spy, monkeypatch):
         [s.cross for s in a1111_result.candidates], abs=1e-5
     )
     assert torch.equal(spy.sampler_noise[1], forge_result.latent[None])  # via p.modified_noise
-    assert _params(forge_run)["InitNO"] == _params(a1111)["InitNO"]
+    assert infotext_params(forge_run)["InitNO"] == infotext_params(a1111)["InitNO"]
     pixels = [np.asarray(run.images[0]).astype(int) for run in (a1111, forge_run)]
     assert np.abs(pixels[0] - pixels[1]).max() <= 1
     events = [e[0] for e in forge_model.forge_objects.unet.events]

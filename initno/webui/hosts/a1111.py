@@ -33,9 +33,7 @@ class A1111(Host):
         return ldm_text_encoders(self.model)
 
     def text_model(self):
-        # The hijacked `cond_stage_model` (SDXL: the conditioner) tokenises for the conditioning.
-        model = getattr(self.model, "cond_stage_model", None)
-        return model if model is not None else self.text_encoders()[0]
+        return ldm_text_model(self.model)
 
     def compute_dtype(self) -> torch.dtype:
         return devices.dtype_unet
@@ -69,6 +67,13 @@ def ldm_text_encoders(model) -> list:
     if conditioner is None:
         return [model.cond_stage_model]
     return [embedder for embedder in conditioner.embedders if hasattr(embedder, "process_texts")]
+
+
+def ldm_text_model(model):
+    """What tokenises for an ldm/sgm model's conditioning: its hijacked `cond_stage_model` (SDXL: the
+    conditioner, delegating to CLIP-L), else its first text encoder."""
+    text_model = getattr(model, "cond_stage_model", None)
+    return text_model if text_model is not None else ldm_text_encoders(model)[0]
 
 
 def ldm_schedule(model) -> tuple[torch.Tensor, str]:

@@ -34,7 +34,8 @@ class Host(ABC):
     @abstractmethod
     def text_encoders(self) -> list:
         """The text encoders, each with A1111's `tokenize` / `process_texts` / `id_end`, CLIP-L's first
-        (SDXL base: CLIP-L and OpenCLIP-G; its refiner: one). None where the model has none loaded yet."""
+        (SDXL base: CLIP-L and OpenCLIP-G; its refiner: one). `[None]` (A1111) or `[]` (Forge 2) where none is
+        loaded yet (`checks.is_loaded` reads both)."""
 
     @abstractmethod
     def text_model(self):

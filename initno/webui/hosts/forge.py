@@ -54,7 +54,7 @@ class Forge2(Host):
     def unet(self) -> nn.Module:
         model = self.model
         families = ("is_sd1", "is_sd2", "is_sdxl")
-        if getattr(model, "is_sd3", False) or not any(getattr(model, family, False) for family in families):
+        if not any(getattr(model, family, False) for family in families):  # SD3: refused before (checks.unet_of)
             raise faults.not_a_unet_checkpoint(type(model).__name__)
         unet = getattr(getattr(self.patcher, "model", None), "diffusion_model", None)
         if type(unet).__name__ != self.unet_class:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .a1111 import ldm_schedule, ldm_text_encoders
+from .a1111 import ldm_schedule, ldm_text_encoders, ldm_text_model
 from .forge import Forge2
 
 
@@ -23,7 +23,7 @@ class ReForge(Forge2):
         return ldm_text_encoders(self.model)
 
     def text_model(self):
-        return self.model.cond_stage_model
+        return ldm_text_model(self.model)
 
     def schedule(self) -> tuple[torch.Tensor, str]:
         return ldm_schedule(self.model)  # A1111's model object keeps A1111's flags
