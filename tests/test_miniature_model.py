@@ -125,18 +125,22 @@ def test_the_benchmark_reports_every_method_with_intervals_and_paired_tests(tmp_
 
 
 def test_the_benchmark_runs_with_changed_parameters_and_says_so(tmp_path):
-    """`eval --set NAME=VALUE`: the run uses them (the pass count follows) and the report lists them."""
+    """`eval --set NAME=VALUE`: the run uses them (the pass count follows) and the report lists them. A
+    guided method is compared with its noise alone: with nothing guided, Fast then guidance is Fast."""
     prompts = tmp_path / "prompts.txt"
     prompts.write_text(f"{DEMO_PROMPT}\n")
     changes = ["max_rounds=1", "steps_per_round=2", "fallback_steps=0", "candidates=3", "polish_steps=0",
                "guidance_guided_fraction=0"]  # fmt: skip
-    options = ["--prompts", str(prompts), "--seeds", str(DEMO_SEED), "--methods", "initno,fast,ae", "--grid", ""]
+    options = ["--prompts", str(prompts), "--seeds", str(DEMO_SEED), "--methods", "initno,fast,ae,fast+", "--grid", ""]
     report = _eval_json(*options, *(f"--set={c}" for c in changes))
     assert report["changed_params"] == {
         "max_rounds": 1, "steps_per_round": 2, "fallback_steps": 0, "candidates": 3, "polish_steps": 0,
         "guidance_guided_fraction": 0.0,
     }  # fmt: skip
-    assert [row["passes"] for row in report["rows"]] == [2, 3, 0]  # no step guided, no guidance pass
+    rows = report["rows"]
+    assert [row["passes"] for row in rows] == [2, 3, 0, 3]  # no step guided, no guidance pass
+    assert [row["vs_noise"] is None for row in rows] == [True, True, True, False]  # ae's noise, plain's, not run
+    assert (rows[3]["vs_noise"]["wins"], rows[3]["vs_noise"]["losses"], rows[3]["vs_noise"]["difference"]) == (0, 0, 0)
 
 
 def test_each_design_builds_saves_and_loads_as_itself(tmp_path):

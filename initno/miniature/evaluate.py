@@ -491,6 +491,7 @@ def summarise(samples: Sequence[Sample], methods: Sequence[str], best_of: int | 
                 "time_ratio": round(seconds / plain_seconds, 2) if plain_seconds and seconds else None,
                 "vs_plain": _paired(mine, by_method.get("plain", [])),
                 "vs_best_of_n": _paired(mine, by_method.get("best-of-n", [])),
+                "vs_noise": _paired(mine, by_method.get(NOISE_OF[method], [])) if method in GUIDED else None,
             }
         )
     return rows
@@ -520,6 +521,7 @@ COLUMNS = (
     ("seconds", "s/image", lambda row: f"{row['seconds']:.2f}"),
     ("vs_plain", "vs plain: points [CI] won/lost p", lambda row: _versus(row["vs_plain"])),
     ("vs_best_of_n", "vs best-of-n", lambda row: _versus(row["vs_best_of_n"])),
+    ("vs_noise", "guided vs its noise alone", lambda row: _versus(row["vs_noise"])),
 )
 
 
