@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import QUICK_INITNO, SIZE, initno_status, pixels
+from helpers import instance_forwards
 
 HOST = Path(__file__).resolve().parents[1] / "host"
 ON = {"enabled": True, **QUICK_INITNO}
@@ -25,10 +26,6 @@ def _load(relative: str):
     return module
 
 
-def _instance_forwards(unet):
-    return {name: m.forward for name, m in unet.named_modules() if "forward" in m.__dict__}
-
-
 @pytest.fixture
 def unet(webui):
     return webui.model.model.diffusion_model
@@ -37,12 +34,12 @@ def unet(webui):
 def test_regional_prompter_attention_mode_is_refused_by_name(webui, unet, optimisations):
     regional = _load("extensions/sd-webui-regional-prompter/scripts/attention.py").RegionalPrompter(batch_size=2)
     regional.hook_forwards(unet)
-    hooked = _instance_forwards(unet)
+    hooked = instance_forwards(unet)
     try:
         without = webui.txt2img(batch_size=2, **SIZE)
         calls_without, regional.calls = regional.calls, 0
         processed = webui.txt2img(ON, batch_size=2, **SIZE)
-        after = _instance_forwards(unet)
+        after = instance_forwards(unet)
     finally:
         regional.hook_forwards(unet, remove=True)
     for index in (0, 1):
@@ -86,10 +83,10 @@ def test_hypertile_keeps_tiling_and_initno_runs(webui, unet, optimisations):
     plain_run = webui.txt2img(ON, **SIZE)  # InitNO without Hypertile
     hypertile = _load("extensions-builtin/hypertile/hypertile.py").Hypertile()
     hypertile.hook_model(unet)
-    wrappers = _instance_forwards(unet)
+    wrappers = instance_forwards(unet)
     try:
         processed = webui.txt2img(ON, **SIZE)
-        after = _instance_forwards(unet)
+        after = instance_forwards(unet)
     finally:
         hypertile.unhook_model(unet)
     assert initno_status(processed).startswith(("valid", "not valid"))
