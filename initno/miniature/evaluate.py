@@ -87,7 +87,7 @@ def initial_noise(seed: int, shape: Sequence[int]) -> torch.Tensor:
     return torch.randn(tuple(shape), generator=torch.Generator().manual_seed(seed))
 
 
-GUIDED = {"ae": "ae", "initno+": "initno+", "fast+": "initno+", "lookahead+": "initno+"}
+GUIDANCE_OF = {"ae": "ae", "initno+": "initno+", "fast+": "initno+", "lookahead+": "initno+"}
 """Methods that guide the sampling, and with which guidance."""
 GUIDANCE_SETTINGS = {"guided_fraction": float, "step_scale": float, "max_refinement": int}
 """The guidance settings a run may change (`--set guidance_step_scale=5`), with their types."""
@@ -114,7 +114,7 @@ class EvalSettings:
     """The guided methods' settings other than the official ones (`GUIDANCE_SETTINGS`)."""
 
     def guidance_of(self, method: str) -> GuidanceSettings:
-        return GuidanceSettings(GUIDED[method], **self.guidance)
+        return GuidanceSettings(GUIDANCE_OF[method], **self.guidance)
 
     @classmethod
     def from_assignments(
@@ -138,10 +138,7 @@ class EvalSettings:
             elif name in lookahead_names:
                 lookahead[name.removeprefix("lookahead_")] = _parse(name, text, int)
             elif name in selection_names or name == "quantile":
-                try:
-                    value = float(text)
-                except ValueError:
-                    raise ValueError(f"parameter {name!r} must be a number, got {text.strip()!r}") from None
+                value = _parse(name, text, float)
                 if name == "quantile":
                     if not 0 < value < 1:
                         raise ValueError(f"quantile must be between 0 and 1, got {value}")
@@ -171,13 +168,12 @@ class EvalSettings:
     def changed(self) -> dict:
         """What differs from the defaults, for the report."""
         changes = {}
-        for current, default in ((self.params, InitNOParams()), (self.selection, SelectionParams())):
+        groups = ((self.params, InitNOParams(), ""), (self.selection, SelectionParams(), ""),
+                  (self.lookahead, LookaheadParams(), "lookahead_"))  # fmt: skip
+        for current, default, prefix in groups:
             for spec in dataclasses.fields(current):
                 if getattr(current, spec.name) != getattr(default, spec.name):
-                    changes[spec.name] = getattr(current, spec.name)
-        for spec in dataclasses.fields(self.lookahead):
-            if getattr(self.lookahead, spec.name) != getattr(LookaheadParams(), spec.name):
-                changes[f"lookahead_{spec.name}"] = getattr(self.lookahead, spec.name)
+                    changes[prefix + spec.name] = getattr(current, spec.name)
         if self.quantile != calibration.QUANTILE:
             changes["quantile"] = self.quantile
         if self.n is not None:
@@ -367,7 +363,7 @@ class Benchmark:
         began = time.perf_counter()
         noises = self._noises(NOISE_OF.get(method, method), context, seeds)
         noise_seconds = (time.perf_counter() - began) / len(seeds)
-        guidance = self.settings.guidance_of(method) if method in GUIDED else None
+        guidance = self.settings.guidance_of(method) if method in GUIDANCE_OF else None
         if guidance is None:
             images = self._unguided(context, noises)
             image_seconds = [noise_seconds + float(np.mean(self.sampling_seconds))] * len(seeds)
@@ -491,7 +487,7 @@ def summarise(samples: Sequence[Sample], methods: Sequence[str], best_of: int | 
                 "time_ratio": round(seconds / plain_seconds, 2) if plain_seconds and seconds else None,
                 "vs_plain": _paired(mine, by_method.get("plain", [])),
                 "vs_best_of_n": _paired(mine, by_method.get("best-of-n", [])),
-                "vs_noise": _paired(mine, by_method.get(NOISE_OF[method], [])) if method in GUIDED else None,
+                "vs_noise": _paired(mine, by_method.get(NOISE_OF[method], [])) if method in GUIDANCE_OF else None,
             }
         )
     return rows
