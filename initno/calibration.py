@@ -22,6 +22,10 @@ from .selection import BatchScorer, NoiseScores, SelectionRequest, Thresholds
 
 QUANTILE = 0.25
 """Each threshold is this quantile of the model's scores of random noises."""
+CALIBRATED, OFFICIAL = "calibrated", "official"
+"""Where the noise optimisation's validity thresholds come from: this calibration of the loaded model, or
+fixed numbers (the official SD1.4 ones, 0.2 and 0.3, unless changed). The WebUI and `eval` default to
+calibrated."""
 NOISES_PER_PROMPT = 8
 CALIBRATION_SEED = 0
 VERSION = 1

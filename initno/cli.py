@@ -152,10 +152,11 @@ def main(argv: list[str] | None = None) -> int:
         "--set",
         action="append",
         metavar="NAME=VALUE",
-        help="a parameter other than its default: InitNO's (e.g. conflict_threshold=0.5), selection's "
-        "(candidates, polish_steps, patience), Fast's (lookahead_candidates, lookahead_steps), the guidance's "
-        "(guidance_step_scale, guidance_guided_fraction, guidance_max_refinement) or the calibration quantile "
-        "(repeatable)",
+        help="a parameter other than its default: InitNO's (e.g. max_rounds=3; its cross_threshold and "
+        "conflict_threshold with thresholds=official, else calibrated ones are used, as in the WebUI), "
+        "selection's (candidates, polish_steps, patience), Fast's (lookahead_candidates, lookahead_steps), the "
+        "guidance's (guidance_step_scale, guidance_guided_fraction, guidance_max_refinement) or the calibration "
+        "quantile (repeatable)",
     )
     evaluation.add_argument("--grid", default="outputs/initno-eval.png", help="before/after grid PNG ('' for none)")
     evaluation.add_argument("--json", action="store_true", help="print the table and every verdict as JSON")

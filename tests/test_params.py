@@ -25,6 +25,17 @@ def test_the_eval_sets_the_guidance_of_every_guided_method_and_reports_it():
     assert EvalSettings.from_assignments([]).guidance_of("initno+") == GuidanceSettings("initno+")
 
 
+def test_the_eval_calibrates_initnos_thresholds_unless_told_to_use_fixed_ones():
+    """As in the WebUI: calibrated by default, where a threshold set by hand would be silently replaced, so
+    it is refused; with `thresholds=official` the set one is used and reported."""
+    assert EvalSettings.from_assignments([]).thresholds == "calibrated"
+    settings = EvalSettings.from_assignments(["thresholds=official", "conflict_threshold=0.45"])
+    assert (settings.thresholds, settings.params.conflict_threshold) == ("official", 0.45)
+    assert settings.changed() == {"conflict_threshold": 0.45, "thresholds": "official"}
+    with pytest.raises(ValueError, match="'conflict_threshold' is used with fixed thresholds: add --set thresholds"):
+        EvalSettings.from_assignments(["conflict_threshold=0.45"])
+
+
 @pytest.mark.parametrize(
     ("parse", "assignment", "message"),
     [
@@ -37,6 +48,7 @@ def test_the_eval_sets_the_guidance_of_every_guided_method_and_reports_it():
         (EvalSettings, "guidance_max_refinement=2.5", "'guidance_max_refinement' must be a whole number, got '2.5'"),
         (EvalSettings, "guidance_guided_fraction=-0.5", "'guidance_guided_fraction' must not be negative, got -0.5"),
         (EvalSettings, "guidance_method=ae", "NAME one of "),
+        (EvalSettings, "thresholds=sd14", "thresholds must be one of calibrated, official, got 'sd14'"),
     ],
 )
 def test_bad_assignments_are_named(parse, assignment, message):

@@ -13,7 +13,8 @@ goes to every method:
 - lookahead: the candidate whose attention is best after a few sampling steps (`select_by_lookahead`);
 - fast: selection-first InitNO (`initno.selection`) with thresholds calibrated to the model
   (`initno.calibration`, on training-pair prompts, never the evaluated ones);
-- initno: the official InitNO (`initno.optimize`), one image at a time;
+- initno: the official InitNO (`initno.optimize`), one image at a time, with the calibrated thresholds as
+  in the WebUI (`--set thresholds=official`: the official ones);
 - ae: the seed's noise with Attend-and-Excite's guidance during sampling;
 - initno+ / fast+ / lookahead+: InitNO's / fast's / lookahead's noise with InitNO+'s guidance during
   sampling.
@@ -96,6 +97,9 @@ NOISE_OF = {"plain": "plain", "ae": "plain", "initno+": "initno", "fast+": "fast
 CALIBRATION_PROMPTS = tuple(world.pair_caption(a, b) for a, b in world.TRAINING_PAIRS[::13][:8])
 """Two-subject prompts of pairs the model was trained on: a calibration never sees the evaluated prompts."""
 DEFAULT_BEST_OF = 5
+THRESHOLD_SOURCES = (calibration.CALIBRATED, calibration.OFFICIAL)
+FIXED_THRESHOLDS = ("cross_threshold", "conflict_threshold")
+"""InitNO's parameters that a calibration replaces."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,9 @@ class EvalSettings:
     """The protocol since the lookahead default (issue 19): sampling under bf16 autocast (`Miniworld`)."""
     guidance: dict[str, float] = field(default_factory=dict)
     """The guided methods' settings other than the official ones (`GUIDANCE_SETTINGS`)."""
+    thresholds: str = calibration.CALIBRATED
+    """Where initno's and initno+'s validity thresholds come from, as in the WebUI: the calibration (the
+    default since issue 19) or `params` (`--set thresholds=official`: 0.2 and 0.3 unless changed)."""
 
     def guidance_of(self, method: str) -> GuidanceSettings:
         return GuidanceSettings(GUIDANCE_OF[method], **self.guidance)
@@ -121,16 +128,21 @@ class EvalSettings:
         cls, assignments: Sequence[str], n: int | None = None, bf16_sampling: bool = True
     ) -> EvalSettings:
         """`NAME=VALUE` for any field of InitNOParams or SelectionParams, `lookahead_` and a field of
-        LookaheadParams, `guidance_` and one of `GUIDANCE_SETTINGS`, or `quantile`; validated."""
+        LookaheadParams, `guidance_` and one of `GUIDANCE_SETTINGS`, `quantile`, or `thresholds`; validated."""
         initno_names = {f.name for f in dataclasses.fields(InitNOParams)}
         selection_names = {f.name for f in dataclasses.fields(SelectionParams)}
         lookahead_names = {f"lookahead_{f.name}" for f in dataclasses.fields(LookaheadParams)}
         guidance_names = {f"guidance_{name}": kind for name, kind in GUIDANCE_SETTINGS.items()}
         initno, selection, lookahead, guidance, quantile = [], {}, {}, {}, calibration.QUANTILE
+        thresholds = calibration.CALIBRATED
         for assignment in assignments:
             name, equals, text = assignment.partition("=")
             name = name.strip()
-            if name in guidance_names:
+            if name == "thresholds" and equals:
+                thresholds = text.strip()
+                if thresholds not in THRESHOLD_SOURCES:
+                    raise ValueError(f"thresholds must be one of {', '.join(THRESHOLD_SOURCES)}, got {thresholds!r}")
+            elif name in guidance_names:
                 value = _parse(name, text, guidance_names[name])
                 if value < 0:
                     raise ValueError(f"parameter {name!r} must not be negative, got {value}")
@@ -150,19 +162,25 @@ class EvalSettings:
             elif equals and name in initno_names:
                 initno.append(assignment)
             else:
-                known = [initno_names, selection_names, lookahead_names, guidance_names, {"quantile"}]
+                known = [initno_names, selection_names, lookahead_names, guidance_names, {"quantile", "thresholds"}]
                 names = ", ".join(name for group in known for name in sorted(group))
                 raise ValueError(f"{assignment!r}: expected NAME=VALUE with NAME one of {names}")
         if n is not None and n < 1:
             raise ValueError(f"--n must be at least 1, got {n}")
+        params = InitNOParams.from_assignments(initno)
+        fixed = [name for name in FIXED_THRESHOLDS if getattr(params, name) != getattr(InitNOParams(), name)]
+        if fixed and thresholds == calibration.CALIBRATED:
+            # As in the WebUI, a calibration replaces them; silently ignoring a set value would mislead.
+            raise ValueError(f"{fixed[0]!r} is used with fixed thresholds: add --set thresholds=official")
         return cls(
-            InitNOParams.from_assignments(initno),
+            params,
             SelectionParams(**selection),
             quantile,
             n,
             LookaheadParams(**lookahead),
             bf16_sampling,
             guidance,
+            thresholds,
         )
 
     def changed(self) -> dict:
@@ -180,6 +198,8 @@ class EvalSettings:
             changes["n"] = self.n
         if not self.bf16_sampling:
             changes["bf16_sampling"] = False
+        if self.thresholds != calibration.CALIBRATED:
+            changes["thresholds"] = self.thresholds
         changes.update({f"guidance_{name}": value for name, value in self.guidance.items()})
         return changes
 
@@ -332,7 +352,10 @@ class Benchmark:
 
     def run(self, prompts: Sequence[str], seeds: Sequence[int], methods: Sequence[str]) -> list[Sample]:
         check_methods(methods)
-        if any(m in ("fast", "fast+", "best-of-n") for m in methods):
+        calibrated = ("fast", "fast+", "best-of-n")
+        if self.settings.thresholds == calibration.CALIBRATED:
+            calibrated += ("initno", "initno+")
+        if any(m in calibrated for m in methods):
             began = time.perf_counter()
             self.thresholds = self.world.calibrate(self.settings.quantile).thresholds
             self.log(f"calibration: {self.thresholds} ({time.perf_counter() - began:.1f} s)")
@@ -431,6 +454,9 @@ class Benchmark:
             ]
         elif method == "initno":
             params = self.settings.params
+            if self.settings.thresholds == calibration.CALIBRATED:
+                calibrated = self.thresholds
+                params = params.replace(cross_threshold=calibrated.cross, conflict_threshold=calibrated.conflict)
             noises = []
             for seed, noise in zip(seeds, context.noises):
                 result = self.world.optimise(noise, seed, context.cond, context.positions, params)

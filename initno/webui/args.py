@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import methods
+from ..calibration import CALIBRATED, OFFICIAL
 from ..guidance import GuidanceSettings, parse_refinements
 from ..params import PARAMETERS, InitNOParams
 from ..selection import LookaheadParams
@@ -108,7 +109,6 @@ GUIDANCE_ARGS = ("guided_fraction", "step_scale", "max_refinement", "refinement_
 """Arguments of the sampling guidance (InitNO+, Attend-and-Excite): left out of the infotext for the methods
 without guidance (Fast, InitNO)."""
 
-CALIBRATED, OFFICIAL = "calibrated", "official"
 THRESHOLD_CHOICES = ((CALIBRATED, "Calibrated to the model"), (OFFICIAL, "Official (SD1.4's)"))
 """Where the noise optimisation's validity thresholds come from: a calibration of the loaded model
 (`initno.webui.calibration`), or the Cross-/Self-attention threshold settings (official: 0.2, 0.3)."""
