@@ -139,6 +139,39 @@ class _Candidate:
     last_state: _RunState | None = None
 
 
+def batch_conds(conds: Sequence[Any]) -> Any:
+    """Per-image conditionings (batch of 1 each) as one batch: tensors, or dicts key by key (SDXL's
+    `crossattn` and `vector`)."""
+    if isinstance(conds[0], dict):
+        return {key: torch.cat([c[key] for c in conds]) for key in conds[0]}
+    return torch.cat([c.expand(1, *c.shape[1:]) if c.shape[0] != 1 else c for c in conds])
+
+
+class BatchScorer:
+    """Scores a batch of latents in one UNet call, each with its own conditioning and subjects."""
+
+    def __init__(self, denoiser: Denoiser, capture: AttentionCapture):
+        self.denoiser = denoiser
+        self.capture = capture
+
+    def __call__(self, latents: torch.Tensor, conds: Sequence[Any], subjects, positions) -> list[Evaluation]:
+        count = latents.shape[0]
+        timesteps = torch.full((count,), float(self.denoiser.timestep), device=latents.device)
+        self.capture.run(self.denoiser.apply, latents, timesteps, batch_conds(conds))
+        cross = self.capture.cross_attention(count)
+        evaluations = [
+            evaluate_attention(
+                cross[i],
+                lambda peaks, i=i: self.capture.self_attention_rows(peaks, image=i, batch_size=count)[0],
+                subjects[i],
+                positions[i],
+            )
+            for i in range(count)
+        ]
+        self.capture.clear()
+        return evaluations
+
+
 @contextlib.contextmanager
 def frozen_parameters(module: nn.Module) -> Iterator[None]:
     """Turns off `requires_grad` on every parameter meanwhile, so the backward pass never computes (or
@@ -169,12 +202,30 @@ def shrink_into_kl_ball(log_var: torch.Tensor, mu: torch.Tensor, bound: float, i
         mu.mul_(low)
 
 
-class _ImageOptimiser:
-    """Optimises one image; the state it needs (capture, progress, cancel) is bound once."""
+@dataclass
+class _Pass:
+    """What an image's optimisation asks of the UNet next: score `latent` (with its graph if it needs
+    gradients). The answer is its `Evaluation`."""
 
-    def __init__(self, denoiser, capture, request, params, index, progress, cancel):
-        self.denoiser = denoiser
-        self.capture = capture
+    latent: torch.Tensor
+
+
+@dataclass
+class _Gradients:
+    """What it asks after a pass: the gradients of `loss` with respect to `tensors`."""
+
+    loss: torch.Tensor
+    tensors: tuple[torch.Tensor, ...]
+
+
+class _ImageOptimiser:
+    """Optimises one image; the state it needs (request, progress, cancel) is bound once.
+
+    `optimise()` is a generator: it yields each UNet pass (`_Pass`) and each backward pass (`_Gradients`) it
+    needs and is sent their answers, so that `optimize_noise` can run the passes of several images in one
+    batch while each image follows its own rounds, early stop and fallback exactly."""
+
+    def __init__(self, request, params, index, progress, cancel):
         self.request = request
         self.params = params
         self.index = index
@@ -185,18 +236,6 @@ class _ImageOptimiser:
         self.best: _Candidate | None = None
         self.cancelled = False
 
-    def evaluate(self, latent: torch.Tensor) -> Evaluation:
-        timesteps = torch.full((latent.shape[0],), float(self.denoiser.timestep), device=latent.device)
-        self.capture.run(self.denoiser.apply, latent, timesteps, self.request.cond)
-        evaluation = evaluate_attention(
-            self.capture.cross_attention()[0],
-            lambda peaks: self.capture.self_attention_rows(peaks)[0],
-            self.request.subjects,
-            self.request.softmax_positions,
-        )
-        self.capture.clear()
-        return evaluation
-
     def run(
         self,
         start_noise: torch.Tensor,
@@ -204,9 +243,9 @@ class _ImageOptimiser:
         round_index: int,
         fallback: bool,
         resume: _RunState | None = None,
-    ) -> _Candidate | None:
-        """One official `fn_initno` run (continued from `resume` if given). None if cancelled before its
-        first pass."""
+    ):
+        """One official `fn_initno` run (continued from `resume` if given); a generator returning its
+        `_Candidate`, None if cancelled before its first pass."""
         p = self.params
         log_var = torch.zeros_like(start_noise) if resume is None else resume.log_var.clone()
         mu = torch.zeros_like(start_noise) if resume is None else resume.mu.clone()
@@ -230,7 +269,7 @@ class _ImageOptimiser:
             # pass needs no backward, hence no graph.
             with torch.set_grad_enabled(not last_step):
                 latent = start_noise * torch.exp(0.5 * log_var) + mu
-                evaluation = self.evaluate(latent[None])
+            evaluation = yield _Pass(latent)
             scores = evaluation.scores
             valid = scores.is_valid(p.cross_threshold, p.conflict_threshold)
             kl = float(kl_divergence(log_var.detach(), mu.detach()))
@@ -240,7 +279,7 @@ class _ImageOptimiser:
             if valid or last_step:
                 break
             # Tested before the update, as in the official code: a valid noise is returned unchanged.
-            grads = torch.autograd.grad(evaluation.joint, [log_var, mu])
+            grads = yield _Gradients(evaluation.joint, (log_var, mu))
             del evaluation
             self._adam_step(optimizer, [log_var, mu], grads)
             self._project(optimizer, log_var, mu)
@@ -273,14 +312,15 @@ class _ImageOptimiser:
             self._adam_step(optimizer, [log_var, mu], kl_gradients(log_var, mu))
         shrink_into_kl_ball(log_var, mu, bound)
 
-    def optimise(self) -> ImageResult:
+    def optimise(self):
+        """A generator returning the `ImageResult` (see the class)."""
         p = self.params
         noise = self.request.noise.detach().float()
         restarts = _RestartNoise(self.request.seed, noise)
         rounds: list[_Candidate] = []
         for round_index in range(p.max_rounds):
             start = noise if round_index == 0 else restarts.draw()
-            candidate = self.run(start, p.steps_per_round, round_index, fallback=False)
+            candidate = yield from self.run(start, p.steps_per_round, round_index, fallback=False)
             if candidate is not None:
                 rounds.append(candidate)
             if self.cancelled or (candidate is not None and candidate.valid):
@@ -295,7 +335,9 @@ class _ImageOptimiser:
                 fallback = True
                 # No state when the fallback would end inside the round: it re-runs as the official code.
                 resume = best_round.last_state
-                chosen = self.run(best_round.start_noise, p.fallback_steps, p.max_rounds, fallback=True, resume=resume)
+                chosen = yield from self.run(
+                    best_round.start_noise, p.fallback_steps, p.max_rounds, fallback=True, resume=resume
+                )
             chosen = chosen or best_round
         if self.cancelled:
             chosen = self.best
@@ -339,20 +381,80 @@ def optimize_noise(
     *,
     progress: ProgressCallback | None = None,
     cancel: Callable[[], bool] | None = None,
+    batch_size: int = 1,
 ) -> list[ImageResult]:
-    """Optimises the initial noise of each image (one at a time, batch 1, so an image's result never
-    depends on its neighbours) and returns one `ImageResult` per request.
+    """Optimises the initial noise of each image and returns one `ImageResult` per request.
+
+    Each image follows its own rounds, early stop and fallback. With `batch_size` 1 (the WebUI's) images
+    run one at a time, so an image's result never depends on its neighbours; larger batches share UNet
+    passes among up to that many images (a finished image's place goes to the next), which changes results
+    only within float tolerance (the eval's batches).
 
     `cancel()` is checked before every UNet pass; once it returns True the remaining work stops and
     each unfinished image gets the best latent found so far (its own noise if none was scored).
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     params = params or InitNOParams()
     progress = progress or (lambda *_: None)
     cancel = cancel or (lambda: False)
     capture = denoiser.capture(backward=True)
-    results = []
+    scorer = BatchScorer(denoiser, capture)
+    results: dict[int, ImageResult] = {}
+    waiting = iter(enumerate(requests))
+    asks: dict[int, tuple[Any, _Pass]] = {}  # image index -> (its optimisation, the pass it waits for)
+
+    def answer(index: int, work, reply) -> None:
+        """Sends `reply` to image `index` and files the pass it asks for next (gradients are asked for
+        only right after a pass)."""
+        asked = _send(work, reply, results, index)
+        if asked is not None:
+            asks[index] = (work, asked)
+
     with frozen_parameters(denoiser.unet), capture, torch.enable_grad():
-        for index, request in enumerate(requests):
-            optimiser = _ImageOptimiser(denoiser, capture, request, params, index, progress, cancel)
-            results.append(optimiser.optimise())
-    return results
+        while True:
+            while len(asks) < batch_size:
+                index, request = next(waiting, (None, None))
+                if request is None:
+                    break
+                answer(index, _ImageOptimiser(request, params, index, progress, cancel).optimise(), None)
+            if not asks:
+                break
+            batch = sorted(asks.items())
+            asks.clear()
+            latents = [asked.latent for _, (_, asked) in batch]
+            chosen = [requests[index] for index, _ in batch]
+            with torch.set_grad_enabled(any(latent.requires_grad for latent in latents)):
+                evaluations = scorer(
+                    torch.stack(latents), [r.cond for r in chosen], [r.subjects for r in chosen],
+                    [r.softmax_positions for r in chosen],
+                )  # fmt: skip
+            backward = []
+            for (index, (work, _)), evaluation in zip(batch, evaluations):
+                asked = _send(work, evaluation, results, index)
+                if isinstance(asked, _Gradients):
+                    backward.append((index, work, asked))
+                elif asked is not None:
+                    asks[index] = (work, asked)
+            del evaluations
+            if backward:
+                # One backward for the batch: images share no computation, so each image's gradients of
+                # the summed losses are those of its own loss.
+                total = backward[0][2].loss
+                for _, _, asked in backward[1:]:
+                    total = total + asked.loss
+                tensors = [t for _, _, asked in backward for t in asked.tensors]
+                grads = iter(torch.autograd.grad(total, tensors))
+                for index, work, asked in backward:
+                    answer(index, work, tuple(next(grads) for _ in asked.tensors))
+    return [results[index] for index in range(len(requests))]
+
+
+def _send(work, reply, results: dict, index: int) -> _Pass | _Gradients | None:
+    """What image `index`'s optimisation asks for next after `reply`; None once it is done (its result
+    then is in `results`)."""
+    try:
+        return work.send(reply)
+    except StopIteration as done:
+        results[index] = done.value
+        return None

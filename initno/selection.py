@@ -21,10 +21,9 @@ from typing import Any
 
 import torch
 
-from .attention import AttentionCapture
-from .optimize import Denoiser, ImageRequest, frozen_parameters, shrink_into_kl_ball
+from .optimize import BatchScorer, Denoiser, ImageRequest, frozen_parameters, shrink_into_kl_ball
 from .params import InitNOParams
-from .scores import Evaluation, conflict_loss, evaluate_attention
+from .scores import Evaluation, conflict_loss
 
 
 @dataclass(frozen=True)
@@ -119,39 +118,6 @@ def candidate_noises(noise: torch.Tensor, seed: int, count: int) -> torch.Tensor
     draws = torch.randn((count, *noise.shape), generator=generator, dtype=torch.float32)
     draws[0] = noise.detach().float().cpu()
     return draws.to(noise.device)
-
-
-def batch_conds(conds: Sequence[Any]) -> Any:
-    """Per-image conditionings (batch of 1 each) as one batch: tensors, or dicts key by key (SDXL's
-    `crossattn` and `vector`)."""
-    if isinstance(conds[0], dict):
-        return {key: torch.cat([c[key] for c in conds]) for key in conds[0]}
-    return torch.cat([c.expand(1, *c.shape[1:]) if c.shape[0] != 1 else c for c in conds])
-
-
-class BatchScorer:
-    """Scores a batch of latents in one UNet call, each with its own conditioning and subjects."""
-
-    def __init__(self, denoiser: Denoiser, capture: AttentionCapture):
-        self.denoiser = denoiser
-        self.capture = capture
-
-    def __call__(self, latents: torch.Tensor, conds: Sequence[Any], subjects, positions) -> list[Evaluation]:
-        count = latents.shape[0]
-        timesteps = torch.full((count,), float(self.denoiser.timestep), device=latents.device)
-        self.capture.run(self.denoiser.apply, latents, timesteps, batch_conds(conds))
-        cross = self.capture.cross_attention(count)
-        evaluations = [
-            evaluate_attention(
-                cross[i],
-                lambda peaks, i=i: self.capture.self_attention_rows(peaks, image=i, batch_size=count)[0],
-                subjects[i],
-                positions[i],
-            )
-            for i in range(count)
-        ]
-        self.capture.clear()
-        return evaluations
 
 
 class _BatchAdam:

@@ -83,7 +83,7 @@ def test_the_demo_case_fast_and_initno_bring_back_what_plain_sampling_misses():
     (fast,) = select_by_lookahead(miniworld.denoiser, miniworld.advance, [request], LookaheadParams())
     assert fast.chosen == 1 and fast.passes == 20
     params = InitNOParams()
-    result = miniworld.optimise(noise, DEMO_SEED, cond, positions, params)
+    (result,) = miniworld.optimise([noise], [DEMO_SEED], cond, positions, params)
     assert result.initial.cross > params.cross_threshold > result.final.cross
     assert not result.valid and result.steps == 91
     latents = torch.stack([noise, fast.latent.reshape(noise.shape), result.latent.reshape(noise.shape)])

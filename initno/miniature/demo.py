@@ -70,7 +70,7 @@ def run_demo(
             f"  clean {scores.clean:.4f}  joint {scores.joint:.4f}"
         )
 
-    result = mini.optimise(noise, seed, cond, positions, params, progress=progress)
+    (result,) = mini.optimise([noise], [seed], cond, positions, params, progress=progress)
     outcome = "reached the valid region" if result.valid else "did not reach the valid region"
     print(
         f"{outcome} after {result.rounds} round(s){' and the fallback run' if result.fallback else ''}, "

@@ -39,7 +39,7 @@ def tokens(request: TokensRequest) -> dict:
     try:
         read = read_prompt_text(host, prompt, max(request.steps, 1))
         subjects = choose_subjects(read.tokens, request.subjects, read.encode)
-    except (SubjectError, ValueError) as error:
+    except ValueError as error:  # SubjectError is one, as are the prompt reader's errors
         raise HTTPException(status_code=422, detail=str(error)) from None
     return {**report(read.tokens, subjects), "unsupported": _unsupported(host, read.tokens, subjects)}
 
