@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from .optimize import Denoiser, frozen_parameters
-from .selection import BatchScorer, NoiseScores, SelectionRequest, Thresholds
+from .optimize import BatchScorer, Denoiser, frozen_parameters
+from .selection import NoiseScores, SelectionRequest, Thresholds
 
 QUANTILE = 0.25
 """Each threshold is this quantile of the model's scores of random noises."""

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from ..attention import AttentionCapture
-from ..optimize import Denoiser, frozen_parameters
-from ..selection import BatchScorer, NoiseScores, candidate_noises
+from ..optimize import BatchScorer, Denoiser, frozen_parameters
+from ..selection import NoiseScores, candidate_noises
 from . import detect
 from .evaluate import Miniworld, initial_noise
 

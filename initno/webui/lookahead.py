@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from .. import ddim
-from ..optimize import Denoiser, ImageRequest
-from ..selection import LookaheadParams, SelectionResult, batch_conds, select_by_lookahead
+from ..optimize import Denoiser, ImageRequest, batch_conds
+from ..selection import LookaheadParams, SelectionResult, select_by_lookahead
 from . import faults, progress
 from .hosts import Host
 from .progress import counted

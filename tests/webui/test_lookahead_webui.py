@@ -18,7 +18,8 @@ from modules.sd_models import StandInSD1Model
 from modules.sd_models_xl import StandInSDXLModel
 
 from initno import ddim
-from initno.selection import LookaheadParams, batch_conds, candidate_noises
+from initno.optimize import batch_conds
+from initno.selection import LookaheadParams, candidate_noises
 from initno.webui import lookahead
 from initno.webui.hosts import host_of
 from initno.webui.hosts.reforge import ReForge
