@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -218,6 +218,11 @@ class _Gradients:
     tensors: tuple[torch.Tensor, ...]
 
 
+_Result = TypeVar("_Result")
+_Asking = Generator[_Pass | _Gradients, Any, _Result]
+"""An optimisation under way: it yields what it needs computed, is sent the answers, returns its result."""
+
+
 class _ImageOptimiser:
     """Optimises one image; the state it needs (request, progress, cancel) is bound once.
 
@@ -243,7 +248,7 @@ class _ImageOptimiser:
         round_index: int,
         fallback: bool,
         resume: _RunState | None = None,
-    ):
+    ) -> _Asking[_Candidate | None]:
         """One official `fn_initno` run (continued from `resume` if given); a generator returning its
         `_Candidate`, None if cancelled before its first pass."""
         p = self.params
@@ -312,7 +317,7 @@ class _ImageOptimiser:
             self._adam_step(optimizer, [log_var, mu], kl_gradients(log_var, mu))
         shrink_into_kl_ball(log_var, mu, bound)
 
-    def optimise(self):
+    def optimise(self) -> _Asking[ImageResult]:
         """A generator returning the `ImageResult` (see the class)."""
         p = self.params
         noise = self.request.noise.detach().float()
@@ -402,7 +407,7 @@ def optimize_noise(
     scorer = BatchScorer(denoiser, capture)
     results: dict[int, ImageResult] = {}
     waiting = iter(enumerate(requests))
-    asks: dict[int, tuple[Any, _Pass]] = {}  # image index -> (its optimisation, the pass it waits for)
+    asks: dict[int, tuple[_Asking, _Pass]] = {}  # image index -> (its optimisation, the pass it waits for)
 
     def answer(index: int, work, reply) -> None:
         """Sends `reply` to image `index` and files the pass it asks for next (gradients are asked for
@@ -450,7 +455,7 @@ def optimize_noise(
     return [results[index] for index in range(len(requests))]
 
 
-def _send(work, reply, results: dict, index: int) -> _Pass | _Gradients | None:
+def _send(work: _Asking, reply, results: dict, index: int) -> _Pass | _Gradients | None:
     """What image `index`'s optimisation asks for next after `reply`; None once it is done (its result
     then is in `results`)."""
     try:
