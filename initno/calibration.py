@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .optimize import BatchScorer, Denoiser, frozen_parameters
+from .params import InitNOParams
 from .selection import NoiseScores, SelectionRequest, Thresholds
 
 QUANTILE = 0.25
@@ -26,6 +27,8 @@ CALIBRATED, OFFICIAL = "calibrated", "official"
 """Where the noise optimisation's validity thresholds come from: this calibration of the loaded model, or
 fixed numbers (the official SD1.4 ones, 0.2 and 0.3, unless changed). The WebUI and `eval` default to
 calibrated."""
+THRESHOLD_PARAMS = ("cross_threshold", "conflict_threshold")
+"""InitNO's parameters that a calibration replaces."""
 NOISES_PER_PROMPT = 8
 CALIBRATION_SEED = 0
 VERSION = 1
@@ -44,6 +47,11 @@ class Calibration:
     @property
     def thresholds(self) -> Thresholds:
         return Thresholds(self.cross, self.conflict, f"calibrated (q{self.quantile:g} of {self.samples} noises)")
+
+
+def with_thresholds(params: InitNOParams, calibrated: Calibration | Thresholds) -> InitNOParams:
+    """`params` with the calibrated validity thresholds in place of its own."""
+    return params.replace(cross_threshold=calibrated.cross, conflict_threshold=calibrated.conflict)
 
 
 def quantile(values: Sequence[float], q: float) -> float:

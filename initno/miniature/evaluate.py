@@ -99,8 +99,6 @@ CALIBRATION_PROMPTS = tuple(world.pair_caption(a, b) for a, b in world.TRAINING_
 """Two-subject prompts of pairs the model was trained on: a calibration never sees the evaluated prompts."""
 DEFAULT_BEST_OF = 5
 THRESHOLD_SOURCES = (calibration.CALIBRATED, calibration.OFFICIAL)
-FIXED_THRESHOLDS = ("cross_threshold", "conflict_threshold")
-"""InitNO's parameters that a calibration replaces."""
 
 
 @dataclass(frozen=True)
@@ -169,7 +167,8 @@ class EvalSettings:
         if n is not None and n < 1:
             raise ValueError(f"--n must be at least 1, got {n}")
         params = InitNOParams.from_assignments(initno)
-        fixed = [name for name in FIXED_THRESHOLDS if getattr(params, name) != getattr(InitNOParams(), name)]
+        default = InitNOParams()
+        fixed = [name for name in calibration.THRESHOLD_PARAMS if getattr(params, name) != getattr(default, name)]
         if fixed and thresholds == calibration.CALIBRATED:
             # As in the WebUI, a calibration replaces them; silently ignoring a set value would mislead.
             raise ValueError(f"{fixed[0]!r} is used with fixed thresholds: add --set thresholds=official")
@@ -457,8 +456,7 @@ class Benchmark:
         elif method == "initno":
             params = self.settings.params
             if self.settings.thresholds == calibration.CALIBRATED:
-                calibrated = self.thresholds
-                params = params.replace(cross_threshold=calibrated.cross, conflict_threshold=calibrated.conflict)
+                params = calibration.with_thresholds(params, self.thresholds)
             noises = []
             results = self.world.optimise(context.noises, seeds, context.cond, context.positions, params)
             for noise, result in zip(context.noises, results):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import methods
-from ..calibration import CALIBRATED, OFFICIAL
+from ..calibration import CALIBRATED, OFFICIAL, THRESHOLD_PARAMS
 from ..guidance import GuidanceSettings, parse_refinements
 from ..params import PARAMETERS, InitNOParams
 from ..selection import LookaheadParams
@@ -114,7 +114,7 @@ THRESHOLD_CHOICES = ((CALIBRATED, "Calibrated to the model"), (OFFICIAL, "Offici
 (`initno.webui.calibration`), or the Cross-/Self-attention threshold settings (official: 0.2, 0.3)."""
 BEFORE_CALIBRATION = OFFICIAL
 """What an infotext of the noise optimisation without `InitNO thresholds` was made with."""
-OFFICIAL_THRESHOLD_ARGS = ("cross_threshold", "conflict_threshold")
+OFFICIAL_THRESHOLD_ARGS = THRESHOLD_PARAMS
 """The settings that apply only with the official thresholds."""
 THRESHOLD_HELP = " Used with Thresholds: official; calibrated thresholds come from the loaded model."
 

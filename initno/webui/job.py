@@ -20,6 +20,7 @@ from dataclasses import replace
 import torch
 from modules import devices
 
+from ..calibration import with_thresholds
 from ..optimize import Denoiser, ImageRequest, ImageResult, optimize_noise
 from ..params import InitNOParams
 from ..selection import SelectionResult
@@ -120,7 +121,7 @@ class InitNOJob:
             return None
         for i in positions:
             self.outcomes[first + i].calibration = calibrated
-        return self.args.params.replace(cross_threshold=calibrated.cross, conflict_threshold=calibrated.conflict)
+        return with_thresholds(self.args.params, calibrated)
 
     def _optimise(
         self, host: Host, x, denoiser: Denoiser, requests, params: InitNOParams
