@@ -1,4 +1,4 @@
-"""Command line: `python -m initno demo | eval | study | train | tokens | bench`."""
+"""Command line: `python -m initno demo | eval | compare | study | train | tokens | bench`."""
 
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ def _eval(args) -> int:
     samples = benchmark.run(prompts, seeds, methods)
     minutes = (time.perf_counter() - began) / 60
     best_of = benchmark.best_of() if "best-of-n" in methods else None
-    report = evaluate.report(samples, methods, len(prompts), len(seeds), settings, benchmark.thresholds, best_of)
+    report = evaluate.report(samples, methods, len(prompts), len(seeds), settings, benchmark.thresholds, best_of,
+                             model.design.name)  # fmt: skip
     report["minutes"] = round(minutes, 2)
     if args.report:
         evaluate.write_json(Path(args.report), report)
@@ -63,6 +64,20 @@ def _eval(args) -> int:
         grid.parent.mkdir(parents=True, exist_ok=True)
         evaluate.comparison_grid(samples, methods).save(grid)
         print(f"grid: {grid}", file=sys.stderr)
+    return 0
+
+
+def _compare(args) -> int:
+    from .miniature import evaluate, reports
+
+    pooled = reports.pool(reports.read(args.reports))
+    rows = reports.compare(pooled, args.against)
+    if args.json:
+        print(json.dumps({"rows": rows, "methods": pooled.methods, "best_of": pooled.best_of}))
+        return 0
+    counts = ", ".join(f"{row['method']} {row['images']}" for row in rows)
+    print(f"{len(args.reports)} reports pooled; images: {counts}")
+    print(evaluate.format_table(rows, args.against))
     return 0
 
 
@@ -162,6 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     evaluation.add_argument("--json", action="store_true", help="print the table and every verdict as JSON")
     evaluation.add_argument("--report", default="", help="also write that JSON to this file")
 
+    comparing = commands.add_parser(
+        "compare", help="pool saved eval reports (eval --report) and compare their methods on the same images"
+    )
+    comparing.add_argument("reports", nargs="+", help="eval reports (JSON) of one model: other seeds, other methods")
+    comparing.add_argument("--against", default=None, help="also compare every method with this one (e.g. fast)")
+    comparing.add_argument("--json", action="store_true", help="print the rows as JSON")
+
     studying = commands.add_parser("study", help="which first-pass scores predict a good image (study split only)")
     studying.add_argument("--seeds", default="0-11", help="seeds of the study split to use")
     studying.add_argument("--candidates", type=int, default=8, help="noises per seed, each scored and sampled")
@@ -189,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         return bench_main(rest)
     if rest:
         parser.error(f"unrecognised arguments: {' '.join(rest)}")
-    commands_run = {"demo": _demo, "tokens": _tokens, "eval": _eval, "study": _study, "train": _train}
+    commands_run = {
+        "demo": _demo, "tokens": _tokens, "eval": _eval, "compare": _compare, "study": _study, "train": _train,
+    }  # fmt: skip
     try:
         return commands_run[args.command](args)
     except (SubjectError, ValueError, ImportError, FileNotFoundError) as error:

@@ -114,7 +114,9 @@ def test_the_benchmark_reports_every_method_with_intervals_and_paired_tests(tmp_
     assert report["best_of"] == round(fast["passes"])
     assert 8 <= fast["passes"] <= SelectionParams().max_passes
     assert rows[0]["passes"] == 0 and rows[1]["passes"] == report["best_of"]
-    assert rows[0]["vs_plain"] is None and set(rows[2]["vs_plain"]) == {"difference", "interval", "wins", "losses", "p"}
+    assert rows[0]["vs_plain"] is None
+    assert set(rows[2]["vs_plain"]) == {"difference", "interval", "wins", "losses", "p", "pairs"}
+    assert rows[2]["vs_plain"]["pairs"] == 2 and report["model"] == "miniature"
     for row in rows:
         low, high = row["interval"]
         assert low <= row["all_present"] <= high

@@ -475,47 +475,56 @@ def _mean(values) -> float | None:
     return round(sum(values) / len(values), 4) if values else None
 
 
-def _paired(mine: list[Sample], other: list[Sample]) -> dict | None:
-    if not other or mine[0].method == other[0].method:
+def _paired(mine: list[dict], other: list[dict]) -> dict | None:
+    """`mine` against `other` on the (prompt, seed) pairs both have."""
+    if not other or mine[0]["method"] == other[0]["method"]:
         return None
-    by_key = {(s.prompt, s.seed): s.detection.all_present for s in other}
-    pairs = [
-        (s.detection.all_present, by_key[(s.prompt, s.seed)], s.prompt) for s in mine if (s.prompt, s.seed) in by_key
-    ]
+    by_key = {(r["prompt"], r["seed"]): all(r["present"]) for r in other}
+    pairs = [(all(r["present"]), by_key[(r["prompt"], r["seed"])], r["prompt"]) for r in mine
+             if (r["prompt"], r["seed"]) in by_key]  # fmt: skip
+    if not pairs:
+        return None
     a, b, prompts = zip(*pairs)
     wins, losses, p = stats.mcnemar_exact(a, b)
     difference, low, high = stats.bootstrap_difference(a, b, prompts)
     return {"difference": round(difference, 4), "interval": [round(low, 4), round(high, 4)], "wins": wins,
-            "losses": losses, "p": p}  # fmt: skip
+            "losses": losses, "p": p, "pairs": len(pairs)}  # fmt: skip
 
 
-def summarise(samples: Sequence[Sample], methods: Sequence[str], best_of: int | None = None) -> list[dict]:
-    by_method = {m: [s for s in samples if s.method == m] for m in methods}
+def summarise(records: Sequence[dict], methods: Sequence[str], best_of: int | None = None,
+              against: str | None = None) -> list[dict]:  # fmt: skip
+    """A row per method from the images' verdicts (`verdicts`): its share with every subject and Wilson
+    interval, its costs, and paired tests against plain, best-of-n, its noise's method (guided methods)
+    and `against`, each where the run has it."""
+    by_method = {m: [r for r in records if r["method"] == m] for m in dict.fromkeys([*methods, "plain", "best-of-n"])}
+    if against is not None:
+        by_method.setdefault(against, [r for r in records if r["method"] == against])
     rows = []
     for method in methods:
         mine = by_method[method]
-        hits = sum(bool(s.detection.all_present) for s in mine)
+        hits = sum(all(r["present"]) for r in mine)
         low, high = stats.wilson(hits, len(mine))
-        seconds = _mean(s.seconds for s in mine)
-        plain_seconds = _mean(s.seconds for s in by_method.get("plain", [])) or None
-        rows.append(
-            {
-                "method": method if method != "best-of-n" or best_of is None else f"best-of-{best_of}",
-                "images": len(mine),
-                "all_present": _mean(s.detection.all_present for s in mine),
-                "interval": [round(low, 4), round(high, 4)],
-                "subject_present": _mean(p for s in mine for p in s.detection.present),
-                "fused": _mean(s.detection.fused for s in mine),
-                "valid_at_start": _mean(s.valid_at_start for s in mine),
-                "valid_at_end": _mean(s.valid_at_end for s in mine),
-                "passes": _mean(s.passes for s in mine),
-                "seconds": seconds,
-                "time_ratio": round(seconds / plain_seconds, 2) if plain_seconds and seconds else None,
-                "vs_plain": _paired(mine, by_method.get("plain", [])),
-                "vs_best_of_n": _paired(mine, by_method.get("best-of-n", [])),
-                "vs_noise": _paired(mine, by_method.get(NOISE_OF[method], [])) if method in GUIDANCE_OF else None,
-            }
-        )
+        seconds = _mean(r.get("seconds") for r in mine)
+        plain_seconds = _mean(r.get("seconds") for r in by_method["plain"]) or None
+        row = {
+            "method": method if method != "best-of-n" or best_of is None else f"best-of-{best_of}",
+            "images": len(mine),
+            "all_present": _mean(all(r["present"]) for r in mine),
+            "interval": [round(low, 4), round(high, 4)],
+            "subject_present": _mean(p for r in mine for p in r["present"]),
+            "fused": _mean(r["fused"] for r in mine),
+            "valid_at_start": _mean(r["valid_at_start"] for r in mine),
+            "valid_at_end": _mean(r["valid_at_end"] for r in mine),
+            "passes": _mean(r["passes"] for r in mine),
+            "seconds": seconds,
+            "time_ratio": round(seconds / plain_seconds, 2) if plain_seconds and seconds else None,
+            "vs_plain": _paired(mine, by_method["plain"]),
+            "vs_best_of_n": _paired(mine, by_method["best-of-n"]),
+            "vs_noise": _paired(mine, by_method.get(NOISE_OF[method], [])) if method in GUIDANCE_OF else None,
+        }
+        if against is not None:
+            row["vs_against"] = _paired(mine, by_method[against])
+        rows.append(row)
     return rows
 
 
@@ -547,11 +556,14 @@ COLUMNS = (
 )
 
 
-def format_table(rows: Sequence[dict]) -> str:
-    cells = [[label for _, label, _ in COLUMNS]]
+def format_table(rows: Sequence[dict], against: str | None = None) -> str:
+    columns = list(COLUMNS)
+    if against is not None:
+        columns.append(("vs_against", f"vs {against}", lambda row: _versus(row["vs_against"])))
+    cells = [[label for _, label, _ in columns]]
     for row in rows:
-        cells.append(["–" if row[key] is None else fmt(row) for key, _, fmt in COLUMNS])
-    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+        cells.append(["–" if row[key] is None else fmt(row) for key, _, fmt in columns])
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     lines = ["| " + " | ".join(text.ljust(w) for text, w in zip(line, widths)) + " |" for line in cells]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
@@ -618,11 +630,10 @@ def read_prompts(path: str | None) -> list[str]:
     return prompts
 
 
-def report(samples: Sequence[Sample], methods: Sequence[str], prompts: int, seeds: int, settings: EvalSettings,
-           thresholds: Thresholds | None = None, best_of: int | None = None) -> dict:  # fmt: skip
-    """The table's rows, the settings that differ from the defaults, the calibrated thresholds, and every
-    image's verdict (to find a case, or to compare two runs)."""
-    images = [
+def verdicts(samples: Sequence[Sample]) -> list[dict]:
+    """Every image's verdict and costs: what a report keeps, the table is computed from, and `compare`
+    pools across reports."""
+    return [
         {
             "prompt": s.prompt,
             "seed": s.seed,
@@ -633,16 +644,26 @@ def report(samples: Sequence[Sample], methods: Sequence[str], prompts: int, seed
             "valid_at_end": s.valid_at_end,
             "passes": s.passes,
             "chosen": s.chosen,
+            "seconds": round(s.seconds, 4),
         }
         for s in samples
     ]
+
+
+def report(samples: Sequence[Sample], methods: Sequence[str], prompts: int, seeds: int, settings: EvalSettings,
+           thresholds: Thresholds | None = None, best_of: int | None = None,
+           model: str | None = None) -> dict:  # fmt: skip
+    """The table's rows, the model, the settings that differ from the defaults, the calibrated thresholds,
+    and every image's verdict (to find a case, to compare two runs, to pool runs over other seeds)."""
+    images = verdicts(samples)
     return {
+        "model": model,
         "prompts": prompts,
         "seeds": seeds,
         "changed_params": settings.changed(),
         "thresholds": dataclasses.asdict(thresholds) if thresholds else None,
         "best_of": best_of,
-        "rows": summarise(samples, methods, best_of),
+        "rows": summarise(images, methods, best_of),
         "images": images,
     }
 
