@@ -181,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         "compare", help="pool saved eval reports (eval --report) and compare their methods on the same images"
     )
     comparing.add_argument("reports", nargs="+", help="eval reports (JSON) of one model: other seeds, other methods")
-    comparing.add_argument("--against", default=None, help="also compare every method with this one (e.g. fast)")
+    comparing.add_argument(
+        "--against", default=None, help="also compare every method with this one (e.g. lookahead, the WebUI's Fast)"
+    )
     comparing.add_argument("--json", action="store_true", help="print the rows as JSON")
 
     studying = commands.add_parser("study", help="which first-pass scores predict a good image (study split only)")

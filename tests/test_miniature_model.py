@@ -102,17 +102,17 @@ def _eval_json(*options: str) -> dict:
 
 def test_the_benchmark_reports_every_method_with_intervals_and_paired_tests(tmp_path):
     """`python -m initno eval` on one prompt and two seeds: a row per method, each with its Wilson interval
-    and its paired comparison with plain and best-of-n; best-of-n at fast's passes."""
+    and its paired comparison with plain and best-of-n; best-of-n at select's passes."""
     prompts = tmp_path / "prompts.txt"
     prompts.write_text(f"{DEMO_PROMPT}\n")
     grid = tmp_path / "grid.png"
-    options = ["--prompts", str(prompts), "--seeds", f"{DEMO_SEED},1", "--methods", "plain,best-of-n,fast"]
+    options = ["--prompts", str(prompts), "--seeds", f"{DEMO_SEED},1", "--methods", "plain,best-of-n,select"]
     report = _eval_json(*options, "--grid", str(grid))
     rows = report["rows"]
-    fast = rows[2]
-    assert [row["method"] for row in rows] == ["plain", f"best-of-{report['best_of']}", "fast"]
-    assert report["best_of"] == round(fast["passes"])
-    assert 8 <= fast["passes"] <= SelectionParams().max_passes
+    select = rows[2]
+    assert [row["method"] for row in rows] == ["plain", f"best-of-{report['best_of']}", "select"]
+    assert report["best_of"] == round(select["passes"])
+    assert 8 <= select["passes"] <= SelectionParams().max_passes
     assert rows[0]["passes"] == 0 and rows[1]["passes"] == report["best_of"]
     assert rows[0]["vs_plain"] is None
     assert set(rows[2]["vs_plain"]) == {"difference", "interval", "wins", "losses", "p", "pairs"}
@@ -128,12 +128,13 @@ def test_the_benchmark_reports_every_method_with_intervals_and_paired_tests(tmp_
 
 def test_the_benchmark_runs_with_changed_parameters_and_says_so(tmp_path):
     """`eval --set NAME=VALUE`: the run uses them (the pass count follows) and the report lists them. A
-    guided method is compared with its noise alone: with nothing guided, Fast then guidance is Fast."""
+    guided method is compared with its noise alone: with nothing guided, select then guidance is select."""
     prompts = tmp_path / "prompts.txt"
     prompts.write_text(f"{DEMO_PROMPT}\n")
     changes = ["max_rounds=1", "steps_per_round=2", "fallback_steps=0", "candidates=3", "polish_steps=0",
                "guidance_guided_fraction=0"]  # fmt: skip
-    options = ["--prompts", str(prompts), "--seeds", str(DEMO_SEED), "--methods", "initno,fast,ae,fast+", "--grid", ""]
+    methods = "initno,select,ae,select+"
+    options = ["--prompts", str(prompts), "--seeds", str(DEMO_SEED), "--methods", methods, "--grid", ""]
     report = _eval_json(*options, *(f"--set={c}" for c in changes))
     assert report["changed_params"] == {
         "max_rounds": 1, "steps_per_round": 2, "fallback_steps": 0, "candidates": 3, "polish_steps": 0,

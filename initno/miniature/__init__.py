@@ -21,5 +21,5 @@ weights/TRAINING.md, weights/TRAINING-miniature-16.md."""
 DEMO_PROMPT = "a red circle and a yellow square"
 DEMO_SEED = 9
 """The demo's defaults: see `initno.miniature.demo` for how they were chosen."""
-EVAL_METHODS = ("plain", "best-of-n", "lookahead", "fast", "initno", "ae", "initno+", "fast+", "lookahead+")
-"""The rows of `python -m initno eval` (see `initno.miniature.evaluate`)."""
+EVAL_METHODS = ("plain", "best-of-n", "lookahead", "select", "initno", "ae", "initno+", "select+", "lookahead+")
+"""The rows of `python -m initno eval` (see `initno.miniature.evaluate`); the WebUI's Fast is `lookahead`."""

@@ -8,16 +8,18 @@ For each prompt and seed the same initial noise (`torch.randn` of a CPU generato
 goes to every method:
 - plain: as it is;
 - best-of-n: n candidates (the seed's noise and the restarts InitNO draws) scored once each, the best
-  kept, no optimisation; n defaults to the mean UNet passes of `lookahead` or else `fast` in the same run
+  kept, no optimisation; n defaults to the mean UNet passes of `lookahead` or else `select` in the same run
   (equal passes);
-- lookahead: the candidate whose attention is best after a few sampling steps (`select_by_lookahead`);
-- fast: selection-first InitNO (`initno.selection`) with thresholds calibrated to the model
-  (`initno.calibration`, on training-pair prompts, never the evaluated ones);
+- lookahead: the WebUI's Fast, the candidate whose attention is best after a few sampling steps
+  (`select_by_lookahead`);
+- select: the early study's selection-first InitNO (`select_and_polish`: the best of many candidates
+  by first-pass scores, then a short polish) with thresholds calibrated to the model (`initno.calibration`,
+  on training-pair prompts, never the evaluated ones); not the WebUI's Fast, which is `lookahead`;
 - initno: the official InitNO (`initno.optimize`), with the calibrated thresholds as in the WebUI
   (`--set thresholds=official`: the official ones); the seeds' passes batched, each image with its own
   rounds and early stop (one by one until Confirm 7's runs: the same within float tolerance);
 - ae: the seed's noise with Attend-and-Excite's guidance during sampling;
-- initno+ / fast+ / lookahead+: InitNO's / fast's / lookahead's noise with InitNO+'s guidance during
+- initno+ / select+ / lookahead+: InitNO's / select's / lookahead's noise with InitNO+'s guidance during
   sampling.
 The images are sampled under bf16 autocast (fixed before the lookahead default was measured; the methods'
 own passes stay float32); `--fp32-sampling` gives the protocol of the earlier tables.
@@ -89,11 +91,11 @@ def initial_noise(seed: int, shape: Sequence[int]) -> torch.Tensor:
     return torch.randn(tuple(shape), generator=torch.Generator().manual_seed(seed))
 
 
-GUIDANCE_OF = {"ae": "ae", "initno+": "initno+", "fast+": "initno+", "lookahead+": "initno+"}
+GUIDANCE_OF = {"ae": "ae", "initno+": "initno+", "select+": "initno+", "lookahead+": "initno+"}
 """Methods that guide the sampling, and with which guidance."""
 GUIDANCE_SETTINGS = {"guided_fraction": float, "step_scale": float, "max_refinement": int}
 """The guidance settings a run may change (`--set guidance_step_scale=5`), with their types."""
-NOISE_OF = {"plain": "plain", "ae": "plain", "initno+": "initno", "fast+": "fast", "lookahead+": "lookahead"}
+NOISE_OF = {"plain": "plain", "ae": "plain", "initno+": "initno", "select+": "select", "lookahead+": "lookahead"}
 """Methods whose initial noise is another method's."""
 CALIBRATION_PROMPTS = tuple(world.pair_caption(a, b) for a, b in world.TRAINING_PAIRS[::13][:8])
 """Two-subject prompts of pairs the model was trained on: a calibration never sees the evaluated prompts."""
@@ -104,7 +106,7 @@ THRESHOLD_SOURCES = (calibration.CALIBRATED, calibration.OFFICIAL)
 @dataclass(frozen=True)
 class EvalSettings:
     """Everything a run can change: InitNO's parameters, selection's, the calibration quantile, best-of-n's
-    n (None: equal passes to `lookahead` or `fast` in the same run, else 5), the lookahead's."""
+    n (None: equal passes to `lookahead` or `select` in the same run, else 5), the lookahead's."""
 
     params: InitNOParams = field(default_factory=InitNOParams)
     selection: SelectionParams = field(default_factory=SelectionParams)
@@ -214,6 +216,10 @@ def _parse(name: str, text: str, kind: type) -> float:
 
 def check_methods(methods: Sequence[str]) -> None:
     unknown = [m for m in methods if m not in METHODS]
+    renamed = {"fast": "select", "fast+": "select+"}
+    if unknown and unknown[0] in renamed:
+        raise ValueError(f"method {unknown[0]!r} is now {renamed[unknown[0]]!r} (select and polish); "
+                         "the WebUI's Fast is 'lookahead'")  # fmt: skip
     if unknown:
         raise ValueError(f"unknown method {unknown[0]!r}; methods: {', '.join(METHODS)}")
     if not methods:
@@ -353,7 +359,7 @@ class Benchmark:
 
     def run(self, prompts: Sequence[str], seeds: Sequence[int], methods: Sequence[str]) -> list[Sample]:
         check_methods(methods)
-        calibrated = ("fast", "fast+", "best-of-n")
+        calibrated = ("select", "select+", "best-of-n")
         if self.settings.thresholds == calibration.CALIBRATED:
             calibrated += ("initno", "initno+")
         if any(m in calibrated for m in methods):
@@ -362,7 +368,7 @@ class Benchmark:
             self.log(f"calibration: {self.thresholds} ({time.perf_counter() - began:.1f} s)")
         contexts = [self._prompt(p, seeds) for p in prompts]
         samples = []
-        for method in sorted(methods, key=lambda m: m == "best-of-n"):  # best-of-n matches fast's passes
+        for method in sorted(methods, key=lambda m: m == "best-of-n"):  # best-of-n matches the selection's passes
             began = time.perf_counter()
             for context in contexts:
                 samples += self._method(method, context, seeds)
@@ -378,7 +384,7 @@ class Benchmark:
     def best_of(self) -> int:
         if self.settings.n is not None:
             return self.settings.n
-        for method in ("lookahead", "fast"):  # equal passes to the selection method of the run
+        for method in ("lookahead", "select"):  # equal passes to the selection method of the run
             if self.passes.get(method):
                 return max(1, round(float(np.mean(self.passes[method]))))
         return DEFAULT_BEST_OF
@@ -427,7 +433,7 @@ class Benchmark:
             return cached
         if method == "plain":
             noises = [_Noise(latent=n, key=(context.text, s, 0)) for s, n in zip(seeds, context.noises)]
-        elif method in ("fast", "best-of-n"):
+        elif method in ("select", "best-of-n"):
             selection = self.settings.selection
             if method == "best-of-n":
                 selection = SelectionParams(candidates=self.best_of(), polish_steps=0)
