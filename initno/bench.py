@@ -45,7 +45,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 VARIANTS = ("bare", "initno", "initno-ckpt", "official-emulated")
 ARCHS = {  # layout: (full-size config, tiny config, default size) in initno.tiny
@@ -88,16 +87,6 @@ class _Memory:
     def process_peak(self) -> int:
         """The process's peak, never reset (GPU: reserved by the caching allocator)."""
         return torch.cuda.max_memory_reserved() if self.cuda else _resident_bytes("VmHWM")
-
-
-def _sdpa_forward(self, x, context=None, mask=None, **kwargs):
-    """Memory-efficient attention, as the host's `sdp` optimisation installs on the class."""
-    context = x if context is None else context
-    q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
-    batch, heads = x.shape[0], self.heads
-    q, k, v = (t.reshape(batch, t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))
-    out = F.scaled_dot_product_attention(q, k, v)
-    return self.to_out(out.transpose(1, 2).reshape(batch, x.shape[1], -1))
 
 
 def random_unet(args, arch: str):
@@ -159,6 +148,7 @@ def _worker(variant: str, args) -> None:
     from .optimize import Denoiser, ImageRequest, frozen_parameters, optimize_noise
     from .params import InitNOParams
     from .scores import evaluate_attention
+    from .tiny import fused_attention_forward
 
     channel = _Channel()
     if args.threads:
@@ -169,7 +159,7 @@ def _worker(variant: str, args) -> None:
     config, unet, apply = random_unet(args, args.arch)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     if variant != "official-emulated":
-        CrossAttention.forward = _sdpa_forward
+        CrossAttention.forward = fused_attention_forward
     generator = torch.Generator().manual_seed(0)
     height, width = parse_size(args.size)
     noise = torch.randn(1, 4, height // 8, width // 8, generator=generator).to(device)

@@ -21,7 +21,8 @@ import time
 
 import torch
 
-from .bench import DTYPES, _sdpa_forward, parse_size, random_unet
+from .bench import DTYPES, parse_size, random_unet
+from .tiny import fused_attention_forward
 
 
 def measure(args) -> dict[str, float]:
@@ -43,7 +44,7 @@ def _measure(args, attention_class) -> dict[str, float]:
 
     config, unet, apply = random_unet(args, "sd1")
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    attention_class.forward = _sdpa_forward
+    attention_class.forward = fused_attention_forward
     generator = torch.Generator().manual_seed(0)
     height, width = parse_size(args.size)
     latent = torch.randn(1, 4, height // 8, width // 8, generator=generator).to(device)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from .optimize import BatchScorer, Denoiser, frozen_parameters
+from .optimize import BatchScorer, Denoiser, ImageRequest, frozen_parameters
 from .params import InitNOParams
-from .selection import NoiseScores, SelectionRequest, Thresholds
+from .selection import NoiseScores, Thresholds
 
 QUANTILE = 0.25
 """Each threshold is this quantile of the model's scores of random noises."""
@@ -67,7 +67,7 @@ def quantile(values: Sequence[float], q: float) -> float:
 
 def calibrate(
     denoiser: Denoiser,
-    prompts: Sequence[SelectionRequest],
+    prompts: Sequence[ImageRequest],
     key: str,
     *,
     noises_per_prompt: int = NOISES_PER_PROMPT,
@@ -90,10 +90,7 @@ def calibrate(
             chunk = jobs[first : first + batch_size]
             device = chunk[0][0].noise.device
             latents = torch.stack([noise.to(device=device, dtype=p.noise.dtype) for p, noise in chunk])
-            evaluations = scorer(
-                latents, [p.cond for p, _ in chunk], [p.subjects for p, _ in chunk],
-                [p.softmax_positions for p, _ in chunk],
-            )  # fmt: skip
+            evaluations = scorer.score(latents, [p for p, _ in chunk])
             scores += [NoiseScores.of(e) for e in evaluations]
     return Calibration(
         key=key,

@@ -171,6 +171,11 @@ class BatchScorer:
         self.capture.clear()
         return evaluations
 
+    def score(self, latents: torch.Tensor, requests: Sequence[ImageRequest]) -> list[Evaluation]:
+        """`latents[i]` with the conditioning and subjects of `requests[i]`."""
+        return self(latents, [r.cond for r in requests], [r.subjects for r in requests],
+                    [r.softmax_positions for r in requests])  # fmt: skip
+
 
 @contextlib.contextmanager
 def frozen_parameters(module: nn.Module) -> Iterator[None]:
@@ -430,10 +435,7 @@ def optimize_noise(
             latents = [asked.latent for _, (_, asked) in batch]
             chosen = [requests[index] for index, _ in batch]
             with torch.set_grad_enabled(any(latent.requires_grad for latent in latents)):
-                evaluations = scorer(
-                    torch.stack(latents), [r.cond for r in chosen], [r.subjects for r in chosen],
-                    [r.softmax_positions for r in chosen],
-                )  # fmt: skip
+                evaluations = scorer.score(torch.stack(latents), chosen)
             backward = []
             for (index, (work, _)), evaluation in zip(batch, evaluations):
                 asked = _send(work, evaluation, results, index)

@@ -191,14 +191,22 @@ def conflict_loss(smoothed_self: torch.Tensor) -> torch.Tensor:
     return torch.stack(overlaps).mean()
 
 
+def kl_terms(log_var: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    """Element-wise KL of N(mu, exp(log_var)) to N(0, 1) (docs/method.md: Noise optimisation)."""
+    return -0.5 * (1 + log_var - mu.pow(2) - log_var.exp())
+
+
 def kl_divergence(log_var: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
-    """Element-mean KL of N(mu, exp(log_var)) to N(0, 1) (docs/method.md: Noise optimisation)."""
-    return (-0.5 * (1 + log_var - mu.pow(2) - log_var.exp())).mean()
+    """The element mean of `kl_terms`: the official bound's quantity."""
+    return kl_terms(log_var, mu).mean()
 
 
-def kl_gradients(log_var: torch.Tensor, mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The gradients of `kl_divergence` w.r.t. (log_var, mu), in closed form (no autograd call)."""
-    count = log_var.numel()
+def kl_gradients(
+    log_var: torch.Tensor, mu: torch.Tensor, count: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradients of `kl_divergence` w.r.t. (log_var, mu), in closed form (no autograd call); `count`:
+    the elements one mean runs over (default all; one image's for a batch of images)."""
+    count = log_var.numel() if count is None else count
     return 0.5 * (log_var.detach().exp() - 1) / count, mu.detach() / count
 
 

@@ -23,7 +23,7 @@ import torch
 
 from .optimize import BatchScorer, Denoiser, ImageRequest, frozen_parameters, shrink_into_kl_ball
 from .params import InitNOParams
-from .scores import Evaluation, conflict_loss
+from .scores import Evaluation, conflict_loss, kl_gradients, kl_terms
 
 
 @dataclass(frozen=True)
@@ -92,10 +92,6 @@ class NoiseScores:
         return cls(evaluation.scores.cross, conflict, evaluation.scores.clean)
 
 
-SelectionRequest = ImageRequest
-"""Selection asks the same of an image as the optimisation does."""
-
-
 @dataclass
 class SelectionResult:
     latent: torch.Tensor
@@ -145,26 +141,22 @@ class _BatchAdam:
                 tensor.copy_(torch.where(where, tensor - update, tensor))
 
 
-def _kl_per_image(log_var: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
-    return (-0.5 * (1 + log_var - mu.pow(2) - log_var.exp())).flatten(1).mean(dim=1)
-
-
 def _project(adam: _BatchAdam, log_var, mu, params: InitNOParams, active: torch.Tensor) -> None:
     """Per image, Adam steps on its KL alone until it is within the bound (`optimize._project`, batched)."""
     count = log_var[0].numel()
     for _ in range(params.kl_max_steps):
         with torch.no_grad():
-            outside = active & (_kl_per_image(log_var, mu) > params.kl_bound).cpu()
+            outside = active & (kl_terms(log_var, mu).flatten(1).mean(dim=1) > params.kl_bound).cpu()
         if not outside.any():
             return
-        grads = (0.5 * (log_var.detach().exp() - 1) / count, mu.detach() / count)
+        grads = kl_gradients(log_var, mu, count)
         adam.step([log_var, mu], grads, outside)
     for i in torch.nonzero(active).flatten().tolist():
         shrink_into_kl_ball(log_var[i], mu[i], params.kl_bound)
 
 
 def _score_candidates(
-    requests: Sequence[SelectionRequest],
+    requests: Sequence[ImageRequest],
     count: int,
     batch_size: int,
     score: Callable[[torch.Tensor, list[int]], list[Evaluation]],
@@ -185,7 +177,7 @@ def _score_candidates(
 
 def select_and_polish(
     denoiser: Denoiser,
-    requests: Sequence[SelectionRequest],
+    requests: Sequence[ImageRequest],
     selection: SelectionParams | None = None,
     thresholds: Thresholds = OFFICIAL_THRESHOLDS,
     params: InitNOParams | None = None,
@@ -203,7 +195,7 @@ def select_and_polish(
     with frozen_parameters(denoiser.unet), capture:
 
         def score_now(latents: torch.Tensor, owners: list[int]) -> list[Evaluation]:
-            return scorer(latents, *_inputs(requests, owners))
+            return scorer.score(latents, [requests[i] for i in owners])
 
         candidates, scores = _score_candidates(requests, selection.candidates, batch_size, score_now)
         chosen = [min(range(len(s)), key=lambda j, s=s: (s[j].rank(thresholds), j)) for s in scores]
@@ -228,14 +220,6 @@ def select_and_polish(
     return results
 
 
-def _inputs(requests, indices):
-    return (
-        [requests[i].cond for i in indices],
-        [requests[i].subjects for i in indices],
-        [requests[i].softmax_positions for i in indices],
-    )
-
-
 def _polish(scorer, requests, results, indices, candidates, chosen, selection, thresholds, params, cancel) -> None:
     """Adam steps on the chosen noises of `indices`, each image stopping when its thresholds are reached or
     its rank has not improved for `patience` steps; each keeps the best-ranked latent it scored.
@@ -249,7 +233,6 @@ def _polish(scorer, requests, results, indices, candidates, chosen, selection, t
     active = torch.ones(len(indices), dtype=torch.bool)
     best = [results[i].final.rank(thresholds) for i in indices]
     stale = [0] * len(indices)
-    inputs = _inputs(requests, indices)
     for step in range(selection.polish_steps + 1):
         if cancel():
             return
@@ -257,7 +240,7 @@ def _polish(scorer, requests, results, indices, candidates, chosen, selection, t
         rows = torch.nonzero(active).flatten().tolist()
         with torch.set_grad_enabled(not last):
             latent = start * torch.exp(0.5 * log_var) + mu
-            evaluations = scorer(latent[rows], *([values[r] for r in rows] for values in inputs))
+            evaluations = scorer.score(latent[rows], [requests[indices[r]] for r in rows])
         for row, evaluation in zip(rows, evaluations):
             result = results[indices[row]]
             result.passes += 1
@@ -270,7 +253,7 @@ def _polish(scorer, requests, results, indices, candidates, chosen, selection, t
                 best[row], stale[row] = rank, 0
                 result.latent = latent[row].detach().reshape(result.latent.shape).to(result.latent.dtype)
                 result.final, result.polish_steps = noise_scores, step
-                result.kl = float(_kl_per_image(log_var[row : row + 1], mu[row : row + 1]).detach())
+                result.kl = float(kl_terms(log_var[row], mu[row]).mean().detach())
                 result.reached = thresholds.reached(noise_scores.cross, noise_scores.conflict)
             else:
                 stale[row] += 1
@@ -314,7 +297,7 @@ class LookaheadParams:
 def select_by_lookahead(
     denoiser: Denoiser,
     advance: Advance,
-    requests: Sequence[SelectionRequest],
+    requests: Sequence[ImageRequest],
     lookahead: LookaheadParams | None = None,
     *,
     batch_size: int = 32,
@@ -329,14 +312,14 @@ def select_by_lookahead(
     capture = denoiser.capture(backward=False)
 
     def score_ahead(latents: torch.Tensor, owners: list[int]) -> list[Evaluation]:
-        conds, subjects, positions = _inputs(requests, owners)
+        chosen = [requests[i] for i in owners]
         if lookahead.steps:
-            ahead, timestep = advance(latents, conds, lookahead.steps)
+            ahead, timestep = advance(latents, [r.cond for r in chosen], lookahead.steps)
         else:  # the noises themselves, where InitNO scores them (the sampler's first timestep)
             ahead, timestep = latents, denoiser.timestep
         scorer = BatchScorer(dataclasses.replace(denoiser, timestep=timestep), capture)
         with frozen_parameters(denoiser.unet), capture:
-            return scorer(ahead, conds, subjects, positions)
+            return scorer.score(ahead, chosen)
 
     candidates, scores = _score_candidates(requests, lookahead.candidates, batch_size, score_ahead)
     results = []

@@ -15,8 +15,9 @@ from initno.miniature.detect import detect
 from initno.miniature.evaluate import Miniworld, initial_noise
 from initno.miniature.model import DESIGNS, Miniature
 from initno.miniature.train import sha256
+from initno.optimize import ImageRequest
 from initno.params import InitNOParams
-from initno.selection import LookaheadParams, SelectionParams, SelectionRequest, select_by_lookahead
+from initno.selection import LookaheadParams, SelectionParams, select_by_lookahead
 
 
 @functools.cache
@@ -79,7 +80,7 @@ def test_the_demo_case_fast_and_initno_bring_back_what_plain_sampling_misses():
     subjects, positions = miniworld.subjects_of(DEMO_PROMPT)
     cond = miniworld.model.encode([DEMO_PROMPT])
     noise = initial_noise(DEMO_SEED, miniworld.latent_shape)
-    request = SelectionRequest(noise, DEMO_SEED, cond, positions)
+    request = ImageRequest(noise, DEMO_SEED, cond, positions)
     (fast,) = select_by_lookahead(miniworld.denoiser, miniworld.advance, [request], LookaheadParams())
     assert fast.chosen == 1 and fast.passes == 20
     params = InitNOParams()

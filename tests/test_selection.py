@@ -8,12 +8,11 @@ from helpers import image_request, seeded_noise
 
 from initno import calibration, selection
 from initno.calibration import calibrate
-from initno.optimize import Denoiser
+from initno.optimize import Denoiser, ImageRequest
 from initno.params import InitNOParams
 from initno.selection import (
     NoiseScores,
     SelectionParams,
-    SelectionRequest,
     Thresholds,
     candidate_noises,
     select_and_polish,
@@ -178,6 +177,6 @@ def test_lookahead_chooses_by_the_attention_ahead_and_returns_the_initial_noise(
     assert result.passes == 3 * (4 * 2 + 1)
     # Scored where the sampler would be: the advanced latents at its timestep, not the noises at 981.
     at_601 = Denoiser(denoiser.unet, denoiser.apply, 601)
-    request = SelectionRequest(candidates[0] * 0.5, 2, cat_and_dog, [[2], [5]])
+    request = ImageRequest(candidates[0] * 0.5, 2, cat_and_dog, [[2], [5]])
     (ahead,) = select_and_polish(at_601, [request], SelectionParams(1, 0))
     assert result.candidates[0].cross == pytest.approx(ahead.candidates[0].cross, abs=1e-5)

@@ -120,7 +120,7 @@ def test_infotext_has_every_parameter_and_leaves_defaults_of_the_optional_ones_o
 
 
 def test_thresholds_are_calibrated_by_default_for_the_methods_that_optimise_the_noise():
-    from initno.webui.args import OFFICIAL_THRESHOLD_ARGS
+    from initno.calibration import THRESHOLD_PARAMS
 
     initno = ScriptArgs.from_named({"method": "initno", "cross_threshold": 0.1})
     assert initno.thresholds == "calibrated" and initno.calibrated
@@ -130,11 +130,11 @@ def test_thresholds_are_calibrated_by_default_for_the_methods_that_optimise_the_
     # the infotext says which thresholds; the settings' thresholds only where they were used
     text = initno.infotext()
     assert text["InitNO thresholds"] == "calibrated"
-    assert not {BY_NAME[name].infotext for name in OFFICIAL_THRESHOLD_ARGS} & set(text)
+    assert not {BY_NAME[name].infotext for name in THRESHOLD_PARAMS} & set(text)
     official = initno.replace(thresholds="official").infotext()
     assert (official["InitNO thresholds"], official["InitNO cross threshold"]) == ("official", 0.1)
     assert "InitNO thresholds" not in ScriptArgs.from_named({"method": "ae"}).infotext()
-    for name in OFFICIAL_THRESHOLD_ARGS:
+    for name in THRESHOLD_PARAMS:
         assert "Used with Thresholds: official" in BY_NAME[name].help
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from ..optimize import ImageRequest
 from ..params import InitNOParams
-from ..selection import LookaheadParams, SelectionRequest, select_by_lookahead
+from ..selection import LookaheadParams, select_by_lookahead
 from . import WEIGHTS
 from .detect import detect
 from .evaluate import Miniworld, initial_noise
@@ -51,7 +52,7 @@ def run_demo(
     print(f"prompt: {prompt!r}, seed {seed}; subjects (nouns): {', '.join(s.shape for s in subjects)} at {positions}")
 
     lookahead = lookahead or LookaheadParams()
-    (chosen,) = select_by_lookahead(mini.denoiser, mini.advance, [SelectionRequest(noise, seed, cond, positions)],
+    (chosen,) = select_by_lookahead(mini.denoiser, mini.advance, [ImageRequest(noise, seed, cond, positions)],
                                     lookahead)  # fmt: skip
     when = f"after {lookahead.steps} sampling steps" if lookahead.steps else "as it is, as InitNO's first pass"
     print(f"Fast: {lookahead.candidates} noises, each scored {when}:")

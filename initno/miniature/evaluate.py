@@ -48,7 +48,6 @@ from ..params import InitNOParams
 from ..selection import (
     LookaheadParams,
     SelectionParams,
-    SelectionRequest,
     Thresholds,
     select_and_polish,
     select_by_lookahead,
@@ -82,9 +81,6 @@ CONFIRM_3 = Split(CONFIRM.prompts + tuple(world.triple_prompts()[1::2]), tuple(r
 def splits_of(model: Miniature) -> dict[str, Split]:
     """The study and confirm splits for this miniature (with triples where it was trained on them)."""
     return {"study": STUDY_3, "confirm": CONFIRM_3} if model.design.triple_share else SPLITS
-
-
-METHODS = EVAL_METHODS
 
 
 def initial_noise(seed: int, shape: Sequence[int]) -> torch.Tensor:
@@ -215,13 +211,13 @@ def _parse(name: str, text: str, kind: type) -> float:
 
 
 def check_methods(methods: Sequence[str]) -> None:
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in EVAL_METHODS]
     renamed = {"fast": "select", "fast+": "select+"}
     if unknown and unknown[0] in renamed:
         raise ValueError(f"method {unknown[0]!r} is now {renamed[unknown[0]]!r} (select and polish); "
                          "the WebUI's Fast is 'lookahead'")  # fmt: skip
     if unknown:
-        raise ValueError(f"unknown method {unknown[0]!r}; methods: {', '.join(METHODS)}")
+        raise ValueError(f"unknown method {unknown[0]!r}; methods: {', '.join(EVAL_METHODS)}")
     if not methods:
         raise ValueError("no method to run")
 
@@ -305,7 +301,7 @@ class Miniworld:
         requests = []
         for prompt in CALIBRATION_PROMPTS:
             _, positions = self.subjects_of(prompt)
-            requests.append(SelectionRequest(torch.zeros(self.latent_shape), 0, self.model.encode([prompt]), positions))
+            requests.append(ImageRequest(torch.zeros(self.latent_shape), 0, self.model.encode([prompt]), positions))
         return calibration.calibrate(self.denoiser, requests, "miniature", q=q)
 
     def guides(self, count: int, cond, positions, settings: GuidanceSettings | None) -> list[ImageGuidance] | None:
@@ -437,7 +433,7 @@ class Benchmark:
             selection = self.settings.selection
             if method == "best-of-n":
                 selection = SelectionParams(candidates=self.best_of(), polish_steps=0)
-            requests = [SelectionRequest(n, s, context.cond, context.positions) for s, n in zip(seeds, context.noises)]
+            requests = [ImageRequest(n, s, context.cond, context.positions) for s, n in zip(seeds, context.noises)]
             results = select_and_polish(self.world.denoiser, requests, selection, self.thresholds,
                                         self.settings.params, batch_size=32)  # fmt: skip
             noises = [
@@ -453,7 +449,7 @@ class Benchmark:
                 for s, r in zip(seeds, results)
             ]
         elif method == "lookahead":
-            requests = [SelectionRequest(n, s, context.cond, context.positions) for s, n in zip(seeds, context.noises)]
+            requests = [ImageRequest(n, s, context.cond, context.positions) for s, n in zip(seeds, context.noises)]
             results = select_by_lookahead(self.world.denoiser, self.world.advance, requests, self.settings.lookahead)
             noises = [
                 _Noise(latent=r.latent, key=(context.text, s, r.chosen), passes=r.passes, rounds=1, chosen=r.chosen)
@@ -471,7 +467,7 @@ class Benchmark:
                 noises.append(_Noise(latent=latent, passes=result.steps, rounds=result.rounds, valid_at_start=start,
                                      valid_at_end=result.valid))  # fmt: skip
         else:
-            raise ValueError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
+            raise ValueError(f"unknown method {method!r}; methods: {', '.join(EVAL_METHODS)}")
         self.noises[(method, context.text)] = noises
         return noises
 
@@ -625,9 +621,8 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def read_prompts(path: str | None) -> list[str]:
-    if path is None:
-        return world.evaluation_prompts()
+def read_prompts(path: str) -> list[str]:
+    """The prompts of a file, one a line (`#` starts a comment line), each checked against the world."""
     prompts = [
         line.strip() for line in Path(path).read_text().splitlines() if line.strip() and not line.startswith("#")
     ]

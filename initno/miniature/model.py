@@ -32,7 +32,7 @@ from torch import nn
 
 from ..clip_bpe import ClipTokenizer
 from ..subjects import CHUNK_LENGTH
-from ..tiny import require_ldm
+from ..tiny import fused_attention_forward, require_ldm
 from . import WEIGHTS, world
 
 DATA_SCALE = 4.0
@@ -179,22 +179,11 @@ class TextEncoder(nn.Module):
         return hidden.reshape(ids.shape[0], -1, hidden.shape[-1])
 
 
-def _fused_attention(module, x, context=None, mask=None):
-    """ldm's CrossAttention computed by the fused kernel: the same function, about 20 % faster on a CPU
-    (the WebUI swaps in such a forward too); the module and its weights stay ldm's own."""
-    heads, source = module.heads, x if context is None else context
-    q, k, v = (
-        t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in (module.to_q(x), module.to_k(source), module.to_v(source))
-    )
-    out = F.scaled_dot_product_attention(q, k, v, scale=module.scale)
-    return module.to_out(out.transpose(1, 2).flatten(2))
-
-
 def use_fused_attention(unet: nn.Module) -> None:
-    """Every attention module of `unet` runs `_fused_attention` from now on (training)."""
+    """Every attention module of `unet` runs `fused_attention_forward` from now on (training)."""
     for module in unet.modules():
         if hasattr(module, "to_q") and hasattr(module, "heads"):
-            module.forward = types.MethodType(_fused_attention, module)
+            module.forward = types.MethodType(fused_attention_forward, module)
 
 
 @contextlib.contextmanager

@@ -204,11 +204,6 @@ def training_scene(rng: np.random.Generator, triple_share: float = 0.0) -> Scene
     return Scene(place(rng, [a, b]), pair_caption(a, b, template))
 
 
-def scene_of(rng: np.random.Generator, subjects: list[Subject]) -> Scene:
-    """`subjects` placed at random, with the plain caption."""
-    return Scene(place(rng, subjects), caption(subjects))
-
-
 # -- rendering -----------------------------------------------------------------------------------------
 
 

@@ -114,8 +114,6 @@ THRESHOLD_CHOICES = ((CALIBRATED, "Calibrated to the model"), (OFFICIAL, "Offici
 (`initno.webui.calibration`), or the Cross-/Self-attention threshold settings (official: 0.2, 0.3)."""
 BEFORE_CALIBRATION = OFFICIAL
 """What an infotext of the noise optimisation without `InitNO thresholds` was made with."""
-OFFICIAL_THRESHOLD_ARGS = THRESHOLD_PARAMS
-"""The settings that apply only with the official thresholds."""
 THRESHOLD_HELP = " Used with Thresholds: official; calibrated thresholds come from the loaded model."
 
 LOOKAHEAD_DEFAULTS = LookaheadParams()
@@ -150,7 +148,7 @@ def _engine_args() -> list[Arg]:
                 maximum=meta["maximum"],
                 step=meta["step"],
                 advanced=meta["advanced"],
-                help=meta["help"] + (THRESHOLD_HELP if spec.name in OFFICIAL_THRESHOLD_ARGS else ""),
+                help=meta["help"] + (THRESHOLD_HELP if spec.name in THRESHOLD_PARAMS else ""),
             )
         )
     return args
@@ -392,5 +390,5 @@ class ScriptArgs:
         if not self.optimises_noise:
             left_out |= {spec.name for spec in PARAMETERS} | {"thresholds"}
         if self.calibrated:
-            left_out |= set(OFFICIAL_THRESHOLD_ARGS)
+            left_out |= set(THRESHOLD_PARAMS)
         return {arg.infotext: named[arg.name] for arg in ARGS if arg.name not in left_out}

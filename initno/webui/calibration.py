@@ -24,8 +24,7 @@ import torch
 from modules import devices, prompt_parser
 
 from ..calibration import NOISES_PER_PROMPT, VERSION, Calibration, CalibrationCache, calibrate
-from ..optimize import Denoiser
-from ..selection import SelectionRequest
+from ..optimize import Denoiser, ImageRequest
 from ..subjects import SubjectError, choose_subjects
 from . import faults, progress
 from .checks import unet_forward_owner
@@ -128,7 +127,7 @@ def _calibrate(p, host: Host, denoiser: Denoiser, latent: torch.Tensor, key: str
         return calibrate(counting, requests, key, batch_size=BATCH_SIZE)
 
 
-def calibration_requests(p, host: Host, latent: torch.Tensor) -> list[SelectionRequest]:
+def calibration_requests(p, host: Host, latent: torch.Tensor) -> list[ImageRequest]:
     """The calibration's prompts as the loaded model reads and encodes them; their noise only gives the
     shape, device and dtype of the generation's latents."""
     model = p.sd_model
@@ -147,5 +146,5 @@ def calibration_requests(p, host: Host, latent: torch.Tensor) -> list[SelectionR
         cond = {k: v.clone() for k, v in cond.items()} if isinstance(cond, dict) else cond.clone()
         noise = latent.new_zeros(latent.shape[1:])
         positions = [list(s.positions) for s in subjects]
-        requests.append(SelectionRequest(noise, 0, cond, positions, softmax_positions(model, prompt.tokens)))
+        requests.append(ImageRequest(noise, 0, cond, positions, softmax_positions(model, prompt.tokens)))
     return requests

@@ -7,6 +7,7 @@ import gradio as gr
 from modules import shared
 from modules.ui_components import InputAccordion
 
+from ..calibration import THRESHOLD_PARAMS
 from ..guidance import OFFICIAL_REFINEMENTS, format_refinements
 from ..methods import BEFORE_LOOKAHEAD, INITNO_PLUS, METHODS, method_of
 from .args import (
@@ -16,7 +17,6 @@ from .args import (
     GUIDANCE_ARGS,
     LOOKAHEAD_ARGS,
     OFFICIAL,
-    OFFICIAL_THRESHOLD_ARGS,
     Arg,
 )
 from .passes import CHECKPOINTING
@@ -102,7 +102,7 @@ def accordion(tabname: str) -> tuple[list, list]:
             controls["thresholds"] = _control(BY_NAME["thresholds"], defaults["thresholds"], f"{prefix}_thresholds")
             # The settings' thresholds apply only when the official ones are chosen.
             with gr.Row(visible=defaults["thresholds"] == OFFICIAL) as official_thresholds:
-                for name in OFFICIAL_THRESHOLD_ARGS:
+                for name in THRESHOLD_PARAMS:
                     controls[name] = _control(BY_NAME[name], defaults[name], f"{prefix}_{name}")
         with gr.Row(visible=method_of(method).guides_sampling) as guidance_settings:
             for name in ("guided_fraction", "step_scale", "max_refinement"):
