@@ -2,8 +2,8 @@
 AND parts, each at its first sampling step, emphasis and BREAK, 77-token chunks with comma
 back-tracking, then the subjects' positions.
 
-Used by `python -m initno tokens` and the demo. The WebUI glue does the same with the host's own
-functions (`initno/webui/conditioning.py`).
+Used by `python -m initno tokens` and the miniature (its model reads prompts so). The WebUI glue does the
+same with the host's own functions (`initno/webui/conditioning.py`).
 """
 
 from __future__ import annotations

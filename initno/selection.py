@@ -1,5 +1,9 @@
-"""Selection-first InitNO: score many candidate noises with forward passes only, keep the best, then polish
-it with InitNO's own Adam steps on (shift, log-variance) only while its scores still improve.
+"""Selection-first InitNO: score candidate noises with forward passes only and keep the best.
+
+- `select_by_lookahead` (the WebUI's Fast, the default method): the candidates are scored a few sampling
+  steps ahead, where the layout has begun to form, and the chosen candidate's initial noise is returned;
+- `select_and_polish` (the early study's method, `eval`'s `select`): scored as they are, then the best
+  polished with InitNO's own Adam steps on (shift, log-variance) only while its scores still improve.
 
 Why: on every model measured here most of InitNO's gain comes from choosing among noises by the model's
 own attention, not from optimising one (docs/evaluation.md); the official valid region (cross < 0.2,

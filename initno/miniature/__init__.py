@@ -3,10 +3,12 @@
 InitNO can only be judged on a model that draws the subjects of its prompt. No pretrained weights can be
 downloaded where this project is built, so it trains its own: coloured shapes on a grey ground
 (`world`), a tiny SD1-layout model over CLIP's tokens (`model`), its training (`train`), a detector that
-says which subjects an image shows (`detect`), the DDIM sampler (`sampling`) and the benchmark
-(`evaluate`). The weights it was trained to ship in `weights/`.
+says which subjects an image shows (`detect`), the DDIM sampler (`sampling`), the benchmark (`evaluate`,
+its statistics `stats`, saved reports pooled and compared `reports`), the selection study (`study`) and
+the demo (`demo`). The weights it was trained to ship in `weights/`.
 
-It is used by the demo, `python -m initno eval` and the behaviour tests, never by the WebUI glue.
+It is used by the command line (`demo`, `eval`, `compare`, `study`, `train`) and the behaviour tests, never
+by the WebUI glue.
 """
 
 from pathlib import Path

@@ -18,14 +18,6 @@ class NansException(Exception):
     pass
 
 
-def cond_cast_unet(x):
-    return x.to(dtype_unet) if unet_needs_upcast else x
-
-
-def cond_cast_float(x):
-    return x.float() if unet_needs_upcast else x
-
-
 def autocast(disable=False):
     # The host returns a nullcontext for fp32 (`--no-half`) and torch.autocast("cuda") otherwise.
     if disable or dtype == torch.float32:

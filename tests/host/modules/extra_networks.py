@@ -32,7 +32,3 @@ def parse_prompts(prompts):
 
 def activate(p, extra_network_data):
     pass
-
-
-def deactivate(p, extra_network_data):
-    pass

@@ -11,18 +11,6 @@ re_imagesize = re.compile(r"^(\d+)x(\d+)$")
 UNCHANGED = object()
 
 
-class PasteField(tuple):
-    def __new__(cls, component, target, *, api=None):
-        return super().__new__(cls, (component, target))
-
-    def __init__(self, component, target, *, api=None):
-        super().__init__()
-        self.api = api
-        self.component = component
-        self.label = target if isinstance(target, str) else None
-        self.function = target if callable(target) else None
-
-
 def quote(text):
     if "," not in str(text) and "\n" not in str(text) and ":" not in str(text):
         return text

@@ -16,11 +16,6 @@ def randn(seed, shape, generator=None):
     return torch.randn(shape, device=devices.cpu, generator=generator).to(shared.device)
 
 
-def randn_local(seed, shape):
-    generator = torch.Generator(devices.cpu).manual_seed(int(seed))
-    return torch.randn(shape, device=devices.cpu, generator=generator).to(shared.device)
-
-
 def randn_without_seed(shape, generator=None):
     return torch.randn(shape, device=devices.cpu, generator=generator).to(shared.device)
 

@@ -25,18 +25,6 @@ def on_app_started(fn, *, name=None):
     _add("callbacks_app_started", fn, name)
 
 
-def on_infotext_pasted(fn, *, name=None):
-    _add("callbacks_infotext_pasted", fn, name)
-
-
-def on_script_unloaded(fn, *, name=None):
-    _add("callbacks_script_unloaded", fn, name)
-
-
-def on_model_loaded(fn, *, name=None):
-    _add("callbacks_model_loaded", fn, name)
-
-
 def _run(kind, *args):
     results = []
     for fn, _ in callback_map[kind]:
@@ -57,15 +45,3 @@ def before_ui_callback():
 
 def app_started_callback(demo, app):
     _run("callbacks_app_started", demo, app)
-
-
-def infotext_pasted_callback(infotext, params):
-    _run("callbacks_infotext_pasted", infotext, params)
-
-
-def script_unloaded_callback():
-    _run("callbacks_script_unloaded")
-
-
-def clear_callbacks():
-    callback_map.clear()

@@ -524,12 +524,4 @@ def create_sampler(name, model):
     return sampler
 
 
-def fix_p_invalid_sampler_and_scheduler(p):
-    pass
-
-
-def sample_to_image(samples, index=0, approximation=None):
-    raise NotImplementedError
-
-
 __all__ = ["InterruptedException", "create_sampler", "find_sampler_config", "opts", "shared"]
