@@ -132,17 +132,18 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The commands and their options; each subcommand's `run` is the function that carries it out."""
+    from .miniature import DEMO_PROMPT, DEMO_SEED, EVAL_METHODS
+    from .miniature.train import add_arguments
+    from .selection import LookaheadParams
+
     parser = argparse.ArgumentParser(prog="python -m initno", description="InitNO: initial noise optimisation.")
     commands = parser.add_subparsers(dest="command", required=True)
-
-    from .miniature import DEMO_PROMPT, DEMO_SEED, EVAL_METHODS
 
     demo = commands.add_parser("demo", help="InitNO on the miniature model: plain and optimised images, diagnostics")
     demo.add_argument("--prompt", default=DEMO_PROMPT, help="'a <colour> <shape> and a <colour> <shape>'")
     demo.add_argument("--seed", type=int, default=DEMO_SEED)
-    from .selection import LookaheadParams
-
     fast = LookaheadParams()
     demo.add_argument("--candidates", type=int, default=fast.candidates, help="Fast: noises compared")
     demo.add_argument("--lookahead-steps", type=int, default=fast.steps, help="Fast: sampling steps before scoring")
@@ -193,9 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     studying.add_argument("--output", default="outputs/initno-study.json", help="every noise's scores and verdict")
     studying.add_argument("--replay", action="store_true", help="print the table from --output without sampling")
 
-    from .miniature.train import add_arguments
-
-    add_arguments(commands.add_parser("train", help="train the miniature model (about 90 minutes on 2 CPU cores)"))
+    training = commands.add_parser("train", help="train a miniature model (1.5 to 2 hours on 2 CPU cores)")
+    add_arguments(training)
 
     tokens = commands.add_parser("tokens", help="print the token positions of a prompt's subjects as JSON")
     tokens.add_argument("prompt")
@@ -205,19 +205,23 @@ def main(argv: list[str] | None = None) -> int:
     tokens.add_argument("--no-emphasis", action="store_true", help="as with the WebUI's emphasis mode 'None'")
 
     commands.add_parser("bench", help="time and memory of one step against a bare UNet pass (see initno.bench)")
+    for name, run in (("demo", _demo), ("eval", _eval), ("compare", _compare), ("study", _study), ("train", _train),
+                      ("tokens", _tokens)):  # fmt: skip
+        commands.choices[name].set_defaults(run=run)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if args.command == "bench":
+    if args.command == "bench":  # its own parser (python -m initno.bench)
         from .bench import main as bench_main
 
         return bench_main(rest)
     if rest:
         parser.error(f"unrecognised arguments: {' '.join(rest)}")
-    commands_run = {
-        "demo": _demo, "tokens": _tokens, "eval": _eval, "compare": _compare, "study": _study, "train": _train,
-    }  # fmt: skip
     try:
-        return commands_run[args.command](args)
+        return args.run(args)
     except (SubjectError, ValueError, ImportError, FileNotFoundError) as error:
         print(f"initno: {error}", file=sys.stderr)
         return 2
