@@ -18,7 +18,7 @@ def _demo(args) -> int:
     params = InitNOParams(max_rounds=args.rounds, steps_per_round=args.steps, fallback_steps=args.fallback)
     lookahead = LookaheadParams(candidates=args.candidates, steps=args.lookahead_steps)
     weights = Path(args.weights) if args.weights else None
-    return run_demo(args.prompt, args.seed, params, Path(args.output), weights, lookahead)
+    return run_demo(args.prompt, args.seed, params, Path(args.output), weights, lookahead, args.thresholds)
 
 
 def _eval(args) -> int:
@@ -151,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rounds", type=int, default=defaults.max_rounds)
     demo.add_argument("--steps", type=int, default=defaults.steps_per_round)
     demo.add_argument("--fallback", type=int, default=defaults.fallback_steps)
+    demo.add_argument(
+        "--thresholds", choices=["calibrated", "official"], default="calibrated",
+        help="InitNO's validity thresholds: calibrated to the model (the WebUI's default) or SD1.4's",
+    )  # fmt: skip
     demo.add_argument("--weights", default=None, help="miniature weights (default: the shipped ones)")
     demo.add_argument("--output", default="outputs/initno-demo.png", help="where to write the picture (PNG)")
 

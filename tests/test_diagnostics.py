@@ -345,6 +345,7 @@ def test_the_demo_writes_the_picture_with_the_diagnostic_image(tmp_path):
     assert all(f"{name}: " in completed.stdout for name in ("plain", "Fast", "InitNO"))
     assert "2 noises, each scored after 1 sampling steps" in completed.stdout
     assert "6 UNet passes (forward only)" in completed.stdout  # 2 × (1 step × 2 passes + 1 scoring pass)
+    assert "(thresholds: calibrated (q0.25 of 64 noises))" in completed.stdout  # InitNO as the WebUI runs it
     with Image.open(output) as image:
         assert image.format == "PNG"
         assert 1700 <= image.size[0] <= 2500 and 500 <= image.size[1] <= 1200

@@ -1,10 +1,12 @@
 """`python -m initno demo`: one prompt and seed on the miniature: plain, the default method (Fast: the
-best of a few noises by their attention a few sampling steps ahead) and the official InitNO, side by side
-with InitNO's diagnostic image; the candidates' scores and InitNO's, pass by pass, printed.
+best of a few noises by their attention a few sampling steps ahead) and InitNO as the WebUI runs it
+(thresholds calibrated to the model; `--thresholds official`: SD1.4's), side by side with InitNO's
+diagnostic image; the candidates' scores and InitNO's, pass by pass, printed.
 
 The default prompt and seed are the first of the study split's (prompts in order, seeds from 0) where the
-plain image misses a subject and both Fast's and InitNO's images show every subject: a case picked to show
-what the methods do, not a typical one. `python -m initno eval` says how often that happens.
+plain image misses a subject and both Fast's and InitNO's images show every subject, chosen when InitNO
+ran the official thresholds (with the calibrated ones it still does): a case picked to show what the
+methods do, not a typical one. `python -m initno eval` says how often that happens.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from .. import calibration
 from ..optimize import ImageRequest
 from ..params import InitNOParams
 from ..selection import LookaheadParams, select_by_lookahead
@@ -40,6 +43,7 @@ def run_demo(
     output: Path,
     weights: Path | None = None,
     lookahead: LookaheadParams | None = None,
+    thresholds: str = calibration.CALIBRATED,
 ) -> int:
     import torch
 
@@ -62,7 +66,12 @@ def run_demo(
         print(f"  {index + 1}: cross {scores.cross:.4f}  self {scores.conflict:.4f}  ({own}){mark}")
     print(f"  {chosen.passes} UNet passes (forward only)")
 
-    print(f"InitNO: valid when cross < {params.cross_threshold} and self < {params.conflict_threshold}")
+    source = "official (SD1.4's)"
+    if thresholds == calibration.CALIBRATED:
+        calibrated = mini.calibrate().thresholds
+        params, source = calibration.with_thresholds(params, calibrated), calibrated.source
+    print(f"InitNO: valid when cross < {params.cross_threshold:.3f} and self < {params.conflict_threshold:.3f} "
+          f"(thresholds: {source})")  # fmt: skip
 
     def progress(image, round_index, step, scores):
         phase = "fallback" if round_index == params.max_rounds else f"round {round_index + 1}/{params.max_rounds}"
