@@ -57,6 +57,9 @@ def test_pooling_refuses_what_would_mix_two_measurements():
         reports.pool([first, resampled])
     with pytest.raises(ValueError, match="lookahead was run with other settings"):
         reports.pool([first, report([2, 3], [("lookahead", LOOKAHEAD, 20)], changed={"candidates": 8})])
+    fives, twenties = ({**report([s], [("best-of-n", PLAIN, n)]), "best_of": n} for s, n in ((0, 5), (2, 20)))
+    with pytest.raises(ValueError, match="best-of-n was run with other settings"):
+        reports.pool([fives, twenties])
     with pytest.raises(ValueError, match="different models"):
         reports.pool([first, report([2, 3], [("plain", PLAIN, 0)], model="miniature-16")])
     with pytest.raises(ValueError, match="--against select: no report has it"):

@@ -53,9 +53,11 @@ def pool(reports: Sequence[dict]) -> Pooled:
         settings = (json.dumps(report.get("changed_params", {}), sort_keys=True), json.dumps(report.get("thresholds")))
         for image in report["images"]:
             method = image["method"]
-            if setting_of.setdefault(method, settings) != settings:
+            # best-of-n's n is in the report, not in changed_params, unless --n set it
+            key = (*settings, report.get("best_of")) if method == "best-of-n" else settings
+            if setting_of.setdefault(method, key) != key:
                 raise ValueError(f"{method} was run with other settings or thresholds in another report: "
-                                 f"{setting_of[method]} against {settings}")  # fmt: skip
+                                 f"{setting_of[method]} against {key}")  # fmt: skip
             key = (method, image["prompt"], image["seed"])
             known = images.setdefault(key, image)
             if (known["present"], known["fused"]) != (image["present"], image["fused"]):
