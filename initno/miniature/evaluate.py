@@ -498,16 +498,17 @@ def summarise(records: Sequence[dict], methods: Sequence[str], best_of: int | No
     """A row per method from the images' verdicts (`verdicts`): its share with every subject and Wilson
     interval, its costs, and paired tests against plain, best-of-n, its noise's method (guided methods)
     and `against`, each where the run has it."""
-    by_method = {m: [r for r in records if r["method"] == m] for m in dict.fromkeys([*methods, "plain", "best-of-n"])}
-    if against is not None:
-        by_method.setdefault(against, [r for r in records if r["method"] == against])
+    by_method: dict[str, list[dict]] = {}
+    for record in records:
+        by_method.setdefault(record["method"], []).append(record)
+    plain = by_method.get("plain", [])
+    plain_seconds = _mean(r.get("seconds") for r in plain) or None
     rows = []
     for method in methods:
-        mine = by_method[method]
+        mine = by_method.get(method, [])
         hits = sum(all(r["present"]) for r in mine)
         low, high = stats.wilson(hits, len(mine))
         seconds = _mean(r.get("seconds") for r in mine)
-        plain_seconds = _mean(r.get("seconds") for r in by_method["plain"]) or None
         row = {
             "method": method if method != "best-of-n" or best_of is None else f"best-of-{best_of}",
             "images": len(mine),
@@ -520,12 +521,12 @@ def summarise(records: Sequence[dict], methods: Sequence[str], best_of: int | No
             "passes": _mean(r["passes"] for r in mine),
             "seconds": seconds,
             "time_ratio": round(seconds / plain_seconds, 2) if plain_seconds and seconds else None,
-            "vs_plain": _paired(mine, by_method["plain"]),
-            "vs_best_of_n": _paired(mine, by_method["best-of-n"]),
+            "vs_plain": _paired(mine, plain),
+            "vs_best_of_n": _paired(mine, by_method.get("best-of-n", [])),
             "vs_noise": _paired(mine, by_method.get(NOISE_OF[method], [])) if method in GUIDANCE_OF else None,
         }
         if against is not None:
-            row["vs_against"] = _paired(mine, by_method[against])
+            row["vs_against"] = _paired(mine, by_method.get(against, []))
         rows.append(row)
     return rows
 
